@@ -76,12 +76,6 @@ static int by_eligible_since(const void *a, const void *b) {
   return strcmp(x->node_id, y->node_id);
 }
 
-static size_t find_node(const tg_policy_node *nodes, size_t n, const char *id) {
-  for (size_t i = 0; i < n; i++)
-    if (strcmp(nodes[i].node_id, id) == 0) return i;
-  return (size_t)-1;
-}
-
 static size_t round_down(size_t n, uint32_t step) { return n - n % step; }
 
 static void plan_wait(tg_policy_plan *plan, int64_t wake_at_ms) {
@@ -99,33 +93,32 @@ static void plan_form(tg_policy_plan *plan, tg_policy_reason reason, size_t *ord
   plan->world_size = (uint32_t)(count * spec->slots_per_node);
 }
 
-int tg_policy_decide(const tg_policy_spec *spec, const char *const *current, size_t n_current,
+int tg_policy_decide(const tg_policy_spec *spec, const size_t *current, size_t n_current,
                      int had_world, const tg_policy_node *nodes, size_t n_nodes, int64_t now_ms,
                      tg_policy_plan *plan) {
   memset(plan, 0, sizeof *plan);
   const uint32_t step = tg_policy_node_step(spec);
   size_t *member = NULL, *extra = NULL, *order = NULL;
+  char *in_world = NULL;
   size_t n_extra = 0, n_lost = 0;
   int rc = -1;
 
   member = calloc(n_current + 1, sizeof *member);
   extra = calloc(n_nodes + 1, sizeof *extra);
   order = calloc(n_nodes + n_current + 1, sizeof *order);
-  if (!member || !extra || !order) goto out;
+  in_world = calloc(n_nodes + 1, 1);
+  if (!member || !extra || !order || !in_world) goto out;
 
-  /* Members by position (-1 when gone or no longer eligible). */
+  /* Members by position (TG_POLICY_GONE when gone or no longer eligible). */
   for (size_t p = 0; p < n_current; p++) {
-    size_t i = find_node(nodes, n_nodes, current[p]);
-    member[p] = (i != (size_t)-1 && nodes[i].eligible) ? i : (size_t)-1;
-    if (member[p] == (size_t)-1) n_lost++;
+    size_t i = current[p];
+    if (i < n_nodes) in_world[i] = 1;
+    member[p] = (i < n_nodes && nodes[i].eligible) ? i : TG_POLICY_GONE;
+    if (member[p] == TG_POLICY_GONE) n_lost++;
   }
   /* Eligible nodes outside the world, earliest first. */
-  for (size_t i = 0; i < n_nodes; i++) {
-    if (!nodes[i].eligible) continue;
-    int in_world = 0;
-    for (size_t p = 0; p < n_current && !in_world; p++) in_world = member[p] == i;
-    if (!in_world) extra[n_extra++] = i;
-  }
+  for (size_t i = 0; i < n_nodes; i++)
+    if (nodes[i].eligible && !in_world[i]) extra[n_extra++] = i;
   sort_nodes = nodes;
   qsort(extra, n_extra, sizeof *extra, by_eligible_since);
 
@@ -153,7 +146,7 @@ int tg_policy_decide(const tg_policy_spec *spec, const char *const *current, siz
   if (n_lost > 0 && n_extra >= n_lost) {
     /* Spares step into the lost positions; every other rank stays put. */
     size_t next = 0;
-    for (size_t p = 0; p < n_current; p++) order[p] = member[p] != (size_t)-1 ? member[p] : extra[next++];
+    for (size_t p = 0; p < n_current; p++) order[p] = member[p] != TG_POLICY_GONE ? member[p] : extra[next++];
     plan_form(plan, TG_REASON_REPLACE, order, n_current, spec);
     order = NULL;
     rc = 0;
@@ -164,7 +157,7 @@ int tg_policy_decide(const tg_policy_spec *spec, const char *const *current, siz
     /* Shrink: survivors keep their relative order, spares fill in behind. */
     size_t n = 0;
     for (size_t p = 0; p < n_current; p++)
-      if (member[p] != (size_t)-1) order[n++] = member[p];
+      if (member[p] != TG_POLICY_GONE) order[n++] = member[p];
     for (size_t k = 0; k < n_extra; k++) order[n++] = extra[k];
     size_t cap = round_down(n < spec->max_nodes ? n : spec->max_nodes, step);
     if (cap < spec->min_nodes) {
@@ -204,5 +197,6 @@ out:
   free(member);
   free(extra);
   free(order);
+  free(in_world);
   return rc;
 }

@@ -64,11 +64,14 @@ int tg_policy_spec_check(const tg_policy_spec *spec, char *err, size_t errlen);
  * multiple of the granularity. */
 uint32_t tg_policy_node_step(const tg_policy_spec *spec);
 
-/* Decides. `current` lists the node ids of the current world in position
- * order (n_current 0: no world yet, or suspended: set `had_world`).
- * `nodes` are all registered nodes (members and others). Returns 0, or -1
- * on allocation failure. plan->positions is malloc'ed when action is FORM. */
-int tg_policy_decide(const tg_policy_spec *spec, const char *const *current, size_t n_current,
+/* Decides. `current` lists the current world in position order as indexes
+ * into `nodes`, or TG_POLICY_GONE for a member no longer registered
+ * (n_current 0: no world yet, or suspended: then set `had_world`).
+ * `nodes` are all registered nodes, members or not. Runs in O(n log n).
+ * Returns 0, or -1 on allocation failure. plan->positions is malloc'ed
+ * when action is FORM. */
+#define TG_POLICY_GONE ((size_t)-1)
+int tg_policy_decide(const tg_policy_spec *spec, const size_t *current, size_t n_current,
                      int had_world, const tg_policy_node *nodes, size_t n_nodes, int64_t now_ms,
                      tg_policy_plan *plan);
 

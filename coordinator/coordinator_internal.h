@@ -1,0 +1,139 @@
+/* Shared by coordinator.c (state, ticker, worlds), service.c (the agents'
+ * service) and operator.c (the operators' service). Not a public header.
+ *
+ * Locking: one mutex, tg_coord.mu, guards every field below that is not
+ * marked otherwise. etcd is never called with mu held: the ticker copies
+ * what it must write, drops the lock, writes, and takes it again. RPC
+ * sends (tg_rpc_call_send/finish) are made with mu held; the RPC layer
+ * never runs a callback from inside them, and on_done handlers take mu
+ * before forgetting a call, so a call seen under mu is always valid. */
+#ifndef TG_COORDINATOR_INTERNAL_H
+#define TG_COORDINATOR_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "common/etcd/etcd.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/election.h"
+#include "coordinator/store.h"
+#include "proto/tardigrade/v1/coordinator.pb-c.h"
+#include "proto/tardigrade/v1/store.pb-c.h"
+
+#define TG_FAULT_LOG 512          /* faults kept in memory for ListFaults */
+#define TG_ETCD_FAULT_LOG 1000    /* faults kept in etcd */
+#define TG_RECENT_FAULTS 32       /* per node, for quarantine */
+#define TG_MAX_PROGRESS 64        /* rank progress entries kept per node */
+
+/* Operator decisions that outlive a node's connection. */
+typedef enum { TG_ADMIN_NONE = 0, TG_ADMIN_CORDONED = 1, TG_ADMIN_DRAINING = 2 } tg_admin;
+
+typedef struct tg_node {
+  char id[TG_NODE_ID_MAX];
+  size_t slot;                   /* index in tg_coord.nodes */
+  int position;                  /* in the current world, -1 if not a member */
+  Tardigrade__V1__NodeInfo *info; /* owned (unpacked copy) */
+  uint64_t incarnation;
+  int64_t registered_unix_ms;
+  tg_admin admin;
+  int left;                      /* said Leave; out until it registers again */
+  int alive;                     /* heartbeats within the timeout */
+  int healthy;                   /* last health report (and fault reports) */
+  int64_t unhealthy_since_ms;    /* monotonic; a later healthy heartbeat clears it */
+  int64_t last_heartbeat_ms;     /* monotonic */
+  int64_t eligible_since_ms;     /* monotonic */
+  int was_eligible;
+  int64_t quarantined_until_unix_ms;
+  int64_t recent_faults_unix_ms[TG_RECENT_FAULTS];
+  size_t n_recent_faults;
+  uint32_t fault_count;
+  uint64_t committed_step;
+  Tardigrade__V1__RankProgress progress[TG_MAX_PROGRESS];
+  size_t n_progress;
+  int dirty;                     /* record must be written to etcd */
+  tg_rpc_call *heartbeat_call;   /* current heartbeat stream, if any */
+  uint64_t notified_generation;  /* last generation told over heartbeat */
+  Tardigrade__V1__NodeState told_state;
+} tg_node;
+
+/* A WatchWorld subscriber. */
+typedef struct tg_watcher {
+  tg_rpc_call *call;
+  char node_id[TG_NODE_ID_MAX];
+  struct tg_watcher *next;
+} tg_watcher;
+
+struct tg_coord {
+  tg_coord_config cfg;
+  tg_etcd *etcd;
+  tg_store *store;
+  tg_election *election;
+  tg_rpc_server *server;
+  tg_rpc_method methods[16];     /* the service tables with user = this */
+  size_t n_methods;
+  int port;
+  uint8_t *leader_value;         /* packed LeaderRecord of this coordinator */
+  size_t leader_value_len;
+
+  pthread_t ticker;              /* election, liveness, decisions, etcd writes */
+  int ticker_started;
+
+  pthread_mutex_t mu;
+  pthread_cond_t wake;           /* something changed: decide now */
+  int stopping;
+  int leader;                    /* serving as leader */
+  char leader_hint[TG_ADDR_MAX]; /* the leader's address, as last seen */
+  char leader_id[64];
+
+  tg_node **nodes;               /* registered nodes, in registration order */
+  size_t n_nodes, cap_nodes;
+  size_t *index;                 /* open-addressing hash of node ids: slot + 1, 0 = empty */
+  size_t index_cap;              /* a power of two, > 2 * cap_nodes */
+  int decide_needed;             /* an input of the policy changed */
+  tg_watcher *watchers;
+
+  Tardigrade__V1__World *world;  /* current world (owned), NULL before the first */
+  int64_t world_mod_revision;    /* etcd revision of the world key */
+  uint64_t generation;           /* newest generation allocated */
+  int had_world;
+  int restart_requested;         /* a rank fault: re-form the same members */
+
+  Tardigrade__V1__Fault *faults[TG_FAULT_LOG]; /* ring, newest at faults_head - 1 */
+  size_t faults_head, n_faults;
+  Tardigrade__V1__Fault **unsaved_faults;      /* to write to etcd */
+  size_t n_unsaved_faults, cap_unsaved_faults;
+  uint64_t fault_seq;
+  uint64_t faults_in_etcd_first;               /* oldest fault seq believed in etcd */
+};
+
+/* coordinator.c */
+int64_t tg_mono_ms(void);
+int64_t tg_unix_ms(void);
+tg_node *tg_coord_find_node(tg_coord *c, const char *id);
+/* Adds a node to the table (mu held); NULL when the table is full. */
+tg_node *tg_coord_add_node(tg_coord *c, const char *id);
+/* Something the policy looks at changed: decide soon (mu held). */
+void tg_coord_poke(tg_coord *c);
+int tg_valid_node_id(const char *id);
+/* Derived state of a node (mu held). */
+Tardigrade__V1__NodeState tg_coord_node_state(tg_coord *c, const tg_node *n);
+/* Records a fault: logs it, counts it toward quarantine, queues it for etcd (mu held). */
+void tg_coord_record_fault(tg_coord *c, const Tardigrade__V1__Fault *f);
+/* A status line for refusing requests at a standby. */
+tg_rpc_code tg_coord_refuse_standby(tg_coord *c, tg_rpc_status *st);
+/* Position of node in the current world, or -1 (mu held). */
+int tg_coord_world_position(tg_coord *c, const char *node_id);
+
+/* service.c */
+extern const tg_rpc_method tg_coord_service_methods[];
+extern const size_t tg_coord_service_n_methods;
+/* Sends the current world to every watcher (mu held). */
+void tg_coord_broadcast_world(tg_coord *c);
+/* Ends every agent stream (mu held): used when stepping down. */
+void tg_coord_end_streams(tg_coord *c, tg_rpc_code code, const char *why);
+
+/* operator.c */
+extern const tg_rpc_method tg_coord_operator_methods[];
+extern const size_t tg_coord_operator_n_methods;
+
+#endif
