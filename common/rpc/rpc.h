@@ -63,6 +63,8 @@ tg_rpc_code tg_rpc_status_set(tg_rpc_status *st, tg_rpc_code code, const char *f
 
 /* Default bound on one message in either direction. */
 #define TG_RPC_DEFAULT_MAX_MESSAGE_BYTES ((size_t)4 << 20)
+/* Longest wait between reconnect attempts (gRPC's own default is 120 s). */
+#define TG_RPC_DEFAULT_MAX_RECONNECT_BACKOFF_MS 1000
 /* Deadline used when a caller passes 0. */
 #define TG_RPC_DEFAULT_DEADLINE_MS 10000
 /* Bound on messages queued for sending on one server-side call; a consumer
@@ -106,12 +108,21 @@ typedef enum {
  *   on_message                each request message, decoded and validated
  *                             (unary and server-streaming: exactly one)
  *   on_half_close (optional)  the client will send no more
- *   on_done                   the call is over: finished by the handler,
- *                             cancelled by the client, deadline passed or
- *                             server shutting down. The call pointer is
- *                             invalid once on_done returns (unless
- *                             referenced with tg_rpc_call_ref).
- * `msg` passed to on_message is freed after the callback returns. */
+ *   on_done (optional)        the call is over: finished by the handler,
+ *                             cancelled by the client, deadline passed,
+ *                             ended by the server (bad request, full send
+ *                             queue) or server shutting down. `cancelled` is
+ *                             0 only when the handler's finish reached the
+ *                             client. The call pointer is invalid once
+ *                             on_done returns (unless referenced with
+ *                             tg_rpc_call_ref).
+ * `msg` passed to on_message is freed after the callback returns. The next
+ * message is read only after on_message returns, so a slow handler slows
+ * its client down instead of queueing requests in memory. A unary or
+ * server-streaming call that brings no request, or more than one, is ended
+ * with INVALID_ARGUMENT. on_message is required; a handler that keeps a
+ * call beyond on_message (a stream it writes to later) needs on_done to
+ * learn when to forget it. */
 typedef struct tg_rpc_method {
   const char *path; /* "/package.Service/Method" */
   tg_rpc_kind kind;
@@ -135,7 +146,9 @@ typedef struct {
  * cfg may be NULL for defaults. On failure returns NULL and writes a reason to err. */
 tg_rpc_server *tg_rpc_server_new(const tg_rpc_server_config *cfg, char *err, size_t errlen);
 
-/* Registers a method; returns 0, or -1 if the path is taken or the server started. */
+/* Registers a method; returns 0, or -1 if the path is taken, the server
+ * started, or a required field (path, request, response, on_message) is
+ * missing. */
 int tg_rpc_server_register(tg_rpc_server *srv, const tg_rpc_method *method);
 
 /* Listens on "host:port" (port 0 picks a free one) or "unix:/path".
@@ -147,9 +160,12 @@ int tg_rpc_server_listen(tg_rpc_server *srv, const char *address, const tg_rpc_t
 /* Starts serving; returns 0 or -1 with a reason in err. */
 int tg_rpc_server_start(tg_rpc_server *srv, char *err, size_t errlen);
 
-/* Stops accepting, cancels every call in flight, waits (at most
- * grace_ms, then cancels) until every on_done has run, joins the threads
- * and frees everything. Safe on a server that never started. */
+/* Stops accepting new calls, lets calls in flight finish for at most
+ * grace_ms, then cancels the rest and waits until every on_done has run,
+ * joins the threads and frees everything. Safe on a server that never
+ * started; must not be called from a handler callback. Calls still
+ * referenced with tg_rpc_call_ref stay valid (and refuse sends) until their
+ * last unref, which may come after this returns. */
 void tg_rpc_server_free(tg_rpc_server *srv, int64_t grace_ms);
 
 /* --- on a server-side call (thread-safe, any thread while the call is valid) */
@@ -160,8 +176,9 @@ void tg_rpc_server_free(tg_rpc_server *srv, int64_t grace_ms);
 int tg_rpc_call_send(tg_rpc_call *call, const ProtobufCMessage *msg);
 
 /* Ends the call: sends `response` first if not NULL (unary calls pass their
- * one response here), then the status. Later sends and finishes are
- * ignored and return -1. `message` may be NULL. */
+ * one response here), then the status. Returns 0, or -1 if the call was
+ * already over or finished; later sends and finishes are ignored and
+ * return -1. `message` may be NULL. */
 int tg_rpc_call_finish(tg_rpc_call *call, tg_rpc_code code, const char *message,
                        const ProtobufCMessage *response);
 
@@ -195,7 +212,10 @@ typedef struct {
   const tg_rpc_tls *tls;            /* NULL: plaintext */
   size_t max_message_bytes;         /* 0: TG_RPC_DEFAULT_MAX_MESSAGE_BYTES */
   int64_t default_deadline_ms;      /* 0: TG_RPC_DEFAULT_DEADLINE_MS */
-  int64_t keepalive_ms;             /* HTTP/2 pings on idle connections; 0: off */
+  int64_t keepalive_ms;             /* HTTP/2 pings while calls are open, to notice a dead
+                                       peer within about 2x this; 0: off. Tardigrade
+                                       servers accept >= 1000, etcd >= 5000. */
+  int64_t max_reconnect_backoff_ms; /* longest wait between reconnects; 0: the default */
 } tg_rpc_channel_config;
 
 /* A channel to "host:port" or "unix:/path". Connects lazily; cfg may be NULL. */
@@ -224,17 +244,21 @@ tg_rpc_code tg_rpc_unary(tg_rpc_channel *ch, const char *path, const ProtobufCMe
 
 typedef struct tg_rpc_stream tg_rpc_stream;
 
-/* Opens a streaming call. Nothing is sent until the first tg_rpc_stream_send
- * (a server-streaming call sends its one request with send, then
- * close_send). Returns NULL only on bad arguments, with st set; connection
- * failures show up as the end status of recv. */
+/* Opens a streaming call. The call starts at once (the server sees it
+ * before the first message); messages go out with tg_rpc_stream_send (a
+ * server-streaming call sends its one request with send, then close_send).
+ * The deadline (opts or the channel's default) bounds the whole stream.
+ * Returns NULL only on bad arguments, with st set; connection failures show
+ * up as the end status of recv. */
 tg_rpc_stream *tg_rpc_stream_open(tg_rpc_channel *ch, const char *path,
                                   const ProtobufCMessageDescriptor *resp_desc,
                                   const tg_rpc_call_opts *opts, tg_rpc_status *st);
 
-/* Sends one message, waiting at most timeout_ms for it to be written.
- * Returns 0, or -1 if the stream is over, closed for sending, or the wait
- * timed out (then the stream is cancelled). */
+/* Sends one message, waiting at most timeout_ms (<= 0: until the call's
+ * deadline) for it to be written. One sender at a time. Returns 0, or -1
+ * if the stream is over, closed for sending, the message is larger than
+ * the channel's max_message_bytes, or the wait timed out (in the last two
+ * cases the stream is cancelled and recv reports why). */
 int tg_rpc_stream_send(tg_rpc_stream *s, const ProtobufCMessage *msg, int64_t timeout_ms);
 
 /* Half-closes: the client sends no more. Returns 0 or -1. */
@@ -246,15 +270,19 @@ typedef enum {
   TG_RPC_RECV_END = 2,     /* the call is over; its status is in *st */
 } tg_rpc_recv_result;
 
-/* Receives the next message, waiting at most timeout_ms. One receiver at a
- * time; a sender may run concurrently on another thread. */
+/* Receives the next message, waiting at most timeout_ms (0: just polls;
+ * negative: until the call's deadline). One receiver at a time; a sender
+ * may run concurrently on another thread. After a timeout the receive stays
+ * pending and the next recv continues it, so no message is lost. Once END
+ * is returned, every later recv returns END with the same status. */
 tg_rpc_recv_result tg_rpc_stream_recv(tg_rpc_stream *s, ProtobufCMessage **msg, int64_t timeout_ms,
                                       tg_rpc_status *st);
 
 /* Cancels the call; any thread, any time; wakes a blocked recv or send. */
 void tg_rpc_stream_cancel(tg_rpc_stream *s);
 
-/* Cancels if still running, waits for gRPC to release the call, frees. */
+/* Cancels if still running, waits for gRPC to release the call, frees.
+ * Call it once no other thread is using the stream. */
 void tg_rpc_stream_free(tg_rpc_stream *s);
 
 #endif
