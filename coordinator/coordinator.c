@@ -449,29 +449,16 @@ static int flush(tg_coord *c) {
     msgs[k++] = &c->unsaved_faults[i]->base;
   }
   c->n_unsaved_faults = 0;
-  uint64_t newest_seq = c->fault_seq;
 
   pthread_mutex_unlock(&c->mu);
   tg_rpc_status st = {0};
   tg_rpc_code code = tg_store_put_batch(c->store, (const char *const *)keys,
                                         (const ProtobufCMessage *const *)msgs, k, &st);
-  /* Trim the fault log in etcd to its newest TG_ETCD_FAULT_LOG entries. */
-  if (code == TG_RPC_OK && newest_seq > TG_ETCD_FAULT_LOG &&
-      newest_seq - TG_ETCD_FAULT_LOG > c->faults_in_etcd_first) {
-    uint64_t first = c->faults_in_etcd_first, upto = newest_seq - TG_ETCD_FAULT_LOG;
-    for (uint64_t s = first; s < upto && code == TG_RPC_OK;) {
-      char *dk[TG_STORE_BATCH_OPS];
-      const ProtobufCMessage *dm[TG_STORE_BATCH_OPS] = {0};
-      char kbuf[TG_STORE_BATCH_OPS][48];
-      size_t m = 0;
-      for (; s < upto && m < TG_STORE_BATCH_OPS; s++, m++) {
-        snprintf(kbuf[m], sizeof kbuf[m], "faults/%020" PRIu64, s);
-        dk[m] = kbuf[m];
-      }
-      code = tg_store_put_batch(c->store, (const char *const *)dk, dm, m, &st);
-    }
-    if (code == TG_RPC_OK) c->faults_in_etcd_first = upto;
-  }
+  /* Keep the fault log in etcd to its newest TG_ETCD_FAULT_LOG entries;
+   * trim in steps of 100 so the count query is rare. */
+  c->faults_in_etcd += (int64_t)n_faults;
+  if (code == TG_RPC_OK && c->faults_in_etcd > TG_ETCD_FAULT_LOG + 100)
+    code = tg_store_trim(c->store, "faults/", TG_ETCD_FAULT_LOG, &c->faults_in_etcd, &st);
   pthread_mutex_lock(&c->mu);
   if (code == TG_RPC_ABORTED) {
     TG_ERROR("etcd write fenced: %s; stepping down", st.message);
@@ -532,7 +519,7 @@ static void load_fault_seq(const char *key, ProtobufCMessage *msg, void *user) {
   const char *seq = strrchr(key, '/');
   uint64_t s = seq ? strtoull(seq + 1, NULL, 10) : 0;
   if (s > c->fault_seq) c->fault_seq = s;
-  if (c->faults_in_etcd_first == 0 || s < c->faults_in_etcd_first) c->faults_in_etcd_first = s;
+  c->faults_in_etcd++;
   protobuf_c_message_free_unpacked(msg, NULL);
 }
 
@@ -568,7 +555,7 @@ static int take_over(tg_coord *c) {
   c->had_world = wm != NULL;
   c->restart_requested = 0;
   c->fault_seq = 0;
-  c->faults_in_etcd_first = 0;
+  c->faults_in_etcd = 0;
   pthread_mutex_unlock(&c->mu);
 
   /* Load nodes and the fault sequence (store_list calls back without mu;

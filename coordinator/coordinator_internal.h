@@ -103,7 +103,7 @@ struct tg_coord {
   Tardigrade__V1__Fault **unsaved_faults;      /* to write to etcd */
   size_t n_unsaved_faults, cap_unsaved_faults;
   uint64_t fault_seq;
-  uint64_t faults_in_etcd_first;               /* oldest fault seq believed in etcd */
+  int64_t faults_in_etcd;                      /* records under faults/, as last counted */
 };
 
 /* coordinator.c */

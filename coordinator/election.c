@@ -79,7 +79,12 @@ static int try_once(tg_election *e, void *holder, size_t *holder_len, int64_t *s
   tg_etcd_txn_cmp_create_revision(t, e->key, TG_ETCD_EQ, 0);
   tg_etcd_txn_put(t, TG_ETCD_THEN, e->key, e->value, e->value_len, e->lease);
   tg_etcd_txn_get(t, TG_ETCD_ELSE, e->key, NULL);
-  if (tg_etcd_txn_commit(e->etcd, t, &r, st) != TG_RPC_OK) goto out;
+  if (tg_etcd_txn_commit(e->etcd, t, &r, st) != TG_RPC_OK) {
+    /* A standby's lease is not kept alive between attempts: once it has
+     * expired, grant a fresh one on the next attempt. */
+    if (st && st->code == TG_RPC_NOT_FOUND) e->lease = 0;
+    goto out;
+  }
   *seen_rev = r.revision;
   if (r.succeeded) {
     e->revision = r.revision;
@@ -117,6 +122,8 @@ int tg_election_campaign(tg_election *e, int64_t timeout_ms, void *holder, size_
     int64_t seen = 0;
     if (holder_len) *holder_len = cap;
     int rc = try_once(e, holder, holder_len, &seen, st);
+    if (rc < 0 && e->lease == 0 && st && st->code == TG_RPC_NOT_FOUND)
+      rc = try_once(e, holder, holder_len, &seen, st); /* with a new lease */
     if (rc != 0) return rc;
     /* Held by another: wait for the key to go, then try again. */
     int64_t left = deadline - now_ms();

@@ -145,6 +145,41 @@ tg_rpc_code tg_store_put(tg_store *s, const char *suffix, const ProtobufCMessage
   return tg_store_put_batch(s, &suffix, &msg, 1, st);
 }
 
+tg_rpc_code tg_store_trim(tg_store *s, const char *suffix_prefix, int64_t keep, int64_t *remaining,
+                          tg_rpc_status *st) {
+  char prefix[TG_STORE_KEY_MAX];
+  tg_store_key(s, suffix_prefix, prefix, sizeof prefix);
+  tg_etcd_range_opts count_opts = {.prefix = 1, .count_only = 1};
+  tg_etcd_range_result r = {0};
+  tg_rpc_code code = tg_etcd_get(s->etcd, prefix, &count_opts, &r, st);
+  int64_t count = r.count;
+  tg_etcd_range_result_free(&r);
+  if (code != TG_RPC_OK) return code;
+  while (count > keep && code == TG_RPC_OK) {
+    int64_t excess = count - keep;
+    tg_etcd_range_opts oldest = {.prefix = 1, .keys_only = 1,
+                                 .limit = excess < TG_STORE_BATCH_OPS ? excess : TG_STORE_BATCH_OPS};
+    memset(&r, 0, sizeof r);
+    code = tg_etcd_get(s->etcd, prefix, &oldest, &r, st);
+    if (code == TG_RPC_OK && r.n_kvs > 0) {
+      tg_etcd_txn *t = tg_etcd_txn_new();
+      if (!t || fence(s, t) != 0) {
+        code = tg_rpc_status_set(st, TG_RPC_RESOURCE_EXHAUSTED, "out of memory");
+      } else {
+        for (size_t i = 0; i < r.n_kvs; i++) tg_etcd_txn_delete(t, TG_ETCD_THEN, r.kvs[i].key, 0);
+        code = commit_fenced(s, t, NULL, st);
+      }
+      tg_etcd_txn_free(t);
+      count -= (int64_t)r.n_kvs;
+    } else if (code == TG_RPC_OK) {
+      count = 0; /* raced with another trim */
+    }
+    tg_etcd_range_result_free(&r);
+  }
+  if (remaining) *remaining = count;
+  return code;
+}
+
 tg_rpc_code tg_store_commit_world(tg_store *s, const ProtobufCMessage *world,
                                   int64_t expected_mod_revision, int64_t *new_mod_revision,
                                   tg_rpc_status *st) {

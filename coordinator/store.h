@@ -58,6 +58,12 @@ tg_rpc_code tg_store_put_batch(tg_store *s, const char *const *suffixes,
 tg_rpc_code tg_store_put(tg_store *s, const char *suffix, const ProtobufCMessage *msg,
                          tg_rpc_status *st);
 
+/* Keeps only the newest `keep` records under suffix_prefix (by key order:
+ * sequence-numbered keys), deleting the oldest in fenced batches.
+ * *remaining (may be NULL) gets how many are left. */
+tg_rpc_code tg_store_trim(tg_store *s, const char *suffix_prefix, int64_t keep, int64_t *remaining,
+                          tg_rpc_status *st);
+
 /* Commits the world record if the world key is still at expected_mod_revision
  * (0: no world yet) and this coordinator is still leader. ABORTED otherwise.
  * *new_mod_revision gets the revision of the write. */

@@ -1,0 +1,75 @@
+/* Simulated node agents for coordinator tests and benchmarks.
+ *
+ * A simulated agent speaks the real Coordinator API exactly as tg-agent
+ * does (register, heartbeat stream, world stream, faults, leave, follow
+ * the leader, re-register after a broken stream) but runs no trainers and
+ * checks no hardware, so one test process can be a whole cluster. Each
+ * agent runs on a thread of its own. Tests make nodes "die" by silencing
+ * their heartbeats or stopping them without a Leave. */
+#ifndef TG_SIMAGENT_H
+#define TG_SIMAGENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/rpc/rpc.h"
+
+typedef struct tg_sim_agent tg_sim_agent;
+
+typedef struct {
+  const char *coordinators; /* "host:port,host:port" */
+  const char *job_id;
+  const char *node_id;
+  uint32_t slots;
+  const char *address;      /* advertised agent address (default "sim:NODE") */
+} tg_sim_config;
+
+/* Starts the agent's thread; it registers in the background. */
+tg_sim_agent *tg_sim_agent_start(const tg_sim_config *cfg, char *err, size_t errlen);
+
+/* Stops abruptly: streams cancelled, no Leave (a crashed or lost node). */
+void tg_sim_agent_free(tg_sim_agent *a);
+
+/* Silences (1) or resumes (0) heartbeats; the streams stay open. */
+void tg_sim_agent_silence(tg_sim_agent *a, int silent);
+
+/* Marks the node unhealthy (0) or healthy (1) in its next heartbeats. */
+void tg_sim_agent_set_healthy(tg_sim_agent *a, int healthy);
+
+/* Reports the node's committed step in its heartbeats. */
+void tg_sim_agent_set_committed_step(tg_sim_agent *a, uint64_t step);
+
+/* Reports a fault for this node (rank -1: node-level) against `generation`
+ * (0: the newest this agent has seen). Returns the RPC code. */
+tg_rpc_code tg_sim_agent_report_fault(tg_sim_agent *a, int kind, int severity, int rank,
+                                      uint64_t generation, const char *detail, tg_rpc_status *st);
+
+/* Leaves the job gracefully, then stops. */
+tg_rpc_code tg_sim_agent_leave(tg_sim_agent *a, tg_rpc_status *st);
+
+/* What the agent knows. */
+typedef struct {
+  int registered;
+  uint64_t incarnation;
+  uint64_t generation;      /* of the newest world received */
+  uint32_t world_size;
+  int position;             /* in that world, -1 if not a member (spare) */
+  int64_t world_received_ms;/* monotonic time it arrived */
+  uint64_t worlds_received;
+  uint64_t registrations;   /* how many times it (re-)registered */
+  char reason[32];          /* the world's reason */
+  char coordinator[256];    /* the coordinator it talks to */
+} tg_sim_state;
+
+void tg_sim_agent_state(tg_sim_agent *a, tg_sim_state *out);
+
+/* Waits until the agent has a world with generation >= min_generation;
+ * returns 0, or -1 after timeout_ms. */
+int tg_sim_agent_wait_generation(tg_sim_agent *a, uint64_t min_generation, int64_t timeout_ms);
+
+/* Waits until registered (again); 0 or -1 after timeout_ms. */
+int tg_sim_agent_wait_registered(tg_sim_agent *a, int64_t timeout_ms);
+
+int64_t tg_sim_mono_ms(void);
+
+#endif
