@@ -251,7 +251,11 @@ void tg_coord_broadcast_world(tg_coord *c) {
   if (!c->world) return;
   Tardigrade__V1__WorldUpdate u = TARDIGRADE__V1__WORLD_UPDATE__INIT;
   u.world = c->world;
-  for (tg_watcher *w = c->watchers; w; w = w->next) tg_rpc_call_send(w->call, &u.base);
+  /* Serialized once: at 2,048 nodes a world is ~60 KB and goes to every node. */
+  tg_rpc_payload *p = tg_rpc_payload_new(&u.base);
+  if (!p) return;
+  for (tg_watcher *w = c->watchers; w; w = w->next) tg_rpc_call_send_payload(w->call, p);
+  tg_rpc_payload_free(p);
 }
 
 static void on_watch_world(tg_rpc_call *call, const ProtobufCMessage *msg, void *user) {

@@ -175,6 +175,16 @@ void tg_rpc_server_free(tg_rpc_server *srv, int64_t grace_ms);
  * queue is full (then the call is ended with RESOURCE_EXHAUSTED). */
 int tg_rpc_call_send(tg_rpc_call *call, const ProtobufCMessage *msg);
 
+/* A message serialized once and sent on many calls (a broadcast): each
+ * send shares the same bytes. Free it when done; sends already queued
+ * keep their own reference. */
+typedef struct tg_rpc_payload tg_rpc_payload;
+tg_rpc_payload *tg_rpc_payload_new(const ProtobufCMessage *msg);
+void tg_rpc_payload_free(tg_rpc_payload *p);
+
+/* tg_rpc_call_send for a payload; same rules and return values. */
+int tg_rpc_call_send_payload(tg_rpc_call *call, const tg_rpc_payload *p);
+
 /* Ends the call: sends `response` first if not NULL (unary calls pass their
  * one response here), then the status. Returns 0, or -1 if the call was
  * already over or finished; later sends and finishes are ignored and

@@ -128,6 +128,18 @@ static void unary_on_message(tg_rpc_call *call, const ProtobufCMessage *msg, voi
 
 static void server_stream_on_message(tg_rpc_call *call, const ProtobufCMessage *msg, void *user) {
   const EchoRequest *req = (const EchoRequest *)msg;
+  if (strcmp(req->text, "payload") == 0) {
+    /* One serialized message sent `count` times, as a broadcast does. */
+    EchoReply reply = TG__TEST__ECHO_REPLY__INIT;
+    reply.text = (char *)"shared";
+    reply.seq = 7;
+    tg_rpc_payload *p = tg_rpc_payload_new(&reply.base);
+    for (int i = 0; i < req->count; i++)
+      if (tg_rpc_call_send_payload(call, p) != 0) break;
+    tg_rpc_payload_free(p); /* queued sends hold their own reference */
+    tg_rpc_call_finish(call, TG_RPC_OK, NULL, NULL);
+    return;
+  }
   for (int i = 0; i < req->count; i++) {
     EchoReply reply = TG__TEST__ECHO_REPLY__INIT;
     reply.text = req->text;
@@ -375,6 +387,20 @@ static void test_server_stream(void **state) {
   ProtobufCMessage *msg = NULL;
   assert_int_equal(tg_rpc_stream_recv(s, &msg, 10, &st), TG_RPC_RECV_END);
   assert_int_equal(send_echo(s, "late", 0), -1);
+  tg_rpc_stream_free(s);
+  tg_rpc_channel_free(ch);
+}
+
+static void test_payload_sent_many_times(void **state) {
+  tg_rpc_channel *ch = tcp_channel();
+  tg_rpc_status st;
+  tg_rpc_stream *s =
+      tg_rpc_stream_open(ch, SERVER_STREAM, &tg__test__echo_reply__descriptor, NULL, &st);
+  assert_non_null(s);
+  assert_int_equal(send_echo(s, "payload", 3), 0);
+  assert_int_equal(tg_rpc_stream_close_send(s), 0);
+  for (int i = 0; i < 3; i++) recv_echo(s, "shared", 7);
+  assert_int_equal(recv_end(s, &st), TG_RPC_OK);
   tg_rpc_stream_free(s);
   tg_rpc_channel_free(ch);
 }
@@ -933,6 +959,7 @@ int main(void) {
       cmocka_unit_test(test_unary_tcp),
       cmocka_unit_test(test_unary_unix),
       cmocka_unit_test(test_server_stream),
+      cmocka_unit_test(test_payload_sent_many_times),
       cmocka_unit_test(test_client_stream),
       cmocka_unit_test(test_bidi_ping_pong),
       cmocka_unit_test(test_bidi_concurrent_send_recv),

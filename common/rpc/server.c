@@ -866,23 +866,16 @@ void tg_rpc_server_free(tg_rpc_server *srv, int64_t grace_ms) {
 
 /* ------------------------------------------------------- call functions */
 
-int tg_rpc_call_send(tg_rpc_call *c, const ProtobufCMessage *msg) {
-  if (c == NULL || msg == NULL) return -1;
-  pthread_mutex_lock(&c->mu);
-  int ended = c->ended;
-  size_t max = c->max_response_bytes;
-  pthread_mutex_unlock(&c->mu);
-  if (ended) return -1;
-
-  grpc_byte_buffer *buf = NULL;
-  tg_rpc_status st;
-  tg_rpc_code code = tg_rpc_pack_message(msg, max, &buf, &st);
+/* Queues an encoded response (taking buf), or ends the call when encoding
+ * failed or the client is not reading. Shared by send and send_payload. */
+static int send_encoded(tg_rpc_call *c, grpc_byte_buffer *buf, tg_rpc_code code,
+                        const tg_rpc_status *st) {
   pthread_mutex_lock(&c->mu);
   int rc = -1;
   if (c->ended) goto out;
   if (code != TG_RPC_OK) {
-    TG_WARN("rpc %s: response too large: %s", c->method->path, st.message);
-    end_call_locked(c, code, st.message);
+    TG_WARN("rpc %s: response too large: %s", c->method->path, st->message);
+    end_call_locked(c, code, st->message);
     goto out;
   }
   if (c->inflight != NULL && c->queued >= c->max_queued_sends) {
@@ -908,6 +901,60 @@ out:
   pthread_mutex_unlock(&c->mu);
   if (buf != NULL) grpc_byte_buffer_destroy(buf);
   return rc;
+}
+
+int tg_rpc_call_send(tg_rpc_call *c, const ProtobufCMessage *msg) {
+  if (c == NULL || msg == NULL) return -1;
+  pthread_mutex_lock(&c->mu);
+  int ended = c->ended;
+  size_t max = c->max_response_bytes;
+  pthread_mutex_unlock(&c->mu);
+  if (ended) return -1;
+  grpc_byte_buffer *buf = NULL;
+  tg_rpc_status st;
+  tg_rpc_code code = tg_rpc_pack_message(msg, max, &buf, &st);
+  return send_encoded(c, buf, code, &st);
+}
+
+struct tg_rpc_payload {
+  grpc_slice slice; /* refcounted: every send shares it */
+  size_t len;
+};
+
+tg_rpc_payload *tg_rpc_payload_new(const ProtobufCMessage *msg) {
+  if (msg == NULL) return NULL;
+  tg_rpc_payload *p = calloc(1, sizeof *p);
+  if (p == NULL) return NULL;
+  p->len = protobuf_c_message_get_packed_size(msg);
+  p->slice = grpc_slice_malloc(p->len);
+  protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(p->slice));
+  return p;
+}
+
+void tg_rpc_payload_free(tg_rpc_payload *p) {
+  if (p == NULL) return;
+  grpc_slice_unref(p->slice);
+  free(p);
+}
+
+int tg_rpc_call_send_payload(tg_rpc_call *c, const tg_rpc_payload *p) {
+  if (c == NULL || p == NULL) return -1;
+  pthread_mutex_lock(&c->mu);
+  int ended = c->ended;
+  size_t max = c->max_response_bytes;
+  pthread_mutex_unlock(&c->mu);
+  if (ended) return -1;
+  tg_rpc_status st = {TG_RPC_OK, ""};
+  tg_rpc_code code = TG_RPC_OK;
+  grpc_byte_buffer *buf = NULL;
+  if (p->len > max) {
+    code = tg_rpc_status_set(&st, TG_RPC_RESOURCE_EXHAUSTED, "response of %zu bytes exceeds the %zu-byte limit",
+                             p->len, max);
+  } else {
+    grpc_slice shared = p->slice; /* the byte buffer takes its own reference */
+    buf = grpc_raw_byte_buffer_create(&shared, 1);
+  }
+  return send_encoded(c, buf, code, &st);
 }
 
 int tg_rpc_call_finish(tg_rpc_call *c, tg_rpc_code code, const char *message,

@@ -98,7 +98,13 @@ static int send_heartbeat(tg_sim_agent *a) {
   health.healthy = a->healthy;
   pthread_mutex_unlock(&a->mu);
   hb.health = &health;
-  return tg_rpc_stream_send(a->heartbeat, &hb.base, CALL_TIMEOUT_MS);
+  int rc = tg_rpc_stream_send(a->heartbeat, &hb.base, CALL_TIMEOUT_MS);
+  if (rc == 0) {
+    pthread_mutex_lock(&a->mu);
+    a->state.last_heartbeat_ms = tg_sim_mono_ms();
+    pthread_mutex_unlock(&a->mu);
+  }
+  return rc;
 }
 
 /* Registers and opens both streams; 0 or -1. */

@@ -57,6 +57,7 @@ typedef struct {
   int64_t world_received_ms;/* monotonic time it arrived */
   uint64_t worlds_received;
   uint64_t registrations;   /* how many times it (re-)registered */
+  int64_t last_heartbeat_ms;/* monotonic time the last heartbeat was sent */
   char reason[32];          /* the world's reason */
   char coordinator[256];    /* the coordinator it talks to */
 } tg_sim_state;
