@@ -406,6 +406,7 @@ static void node_record(tg_node *n, Tardigrade__V1__NodeRecord *r) {
   r->n_recent_fault_unix_ms = n->n_recent_faults;
   r->recent_fault_unix_ms = n->recent_faults_unix_ms;
   r->fault_count = n->fault_count;
+  r->dead = !n->alive && !n->left;
 }
 
 /* Writes dirty node records and new faults (mu held; dropped for etcd).
@@ -506,21 +507,29 @@ static void load_node(const char *key, ProtobufCMessage *msg, void *user) {
   for (size_t i = 0; i < r->n_recent_fault_unix_ms && i < TG_RECENT_FAULTS; i++)
     n->recent_faults_unix_ms[n->n_recent_faults++] = r->recent_fault_unix_ms[i];
   n->fault_count = r->fault_count;
-  /* Grace: every known node gets a full timeout to reach the new leader. */
-  n->alive = !n->left;
+  /* Grace: every node alive at the last leader gets a full timeout to
+   * reach the new one; a node already declared dead stays dead until it
+   * registers or heartbeats again. */
+  n->alive = !n->left && !r->dead;
   n->healthy = 1;
   n->last_heartbeat_ms = tg_mono_ms();
 skip:
   protobuf_c_message_free_unpacked(msg, NULL);
 }
 
-static void load_fault_seq(const char *key, ProtobufCMessage *msg, void *user) {
+/* Faults come in key (= sequence) order: the ring ends with the newest,
+ * so ListFaults shows the job's history across leader changes. */
+static void load_fault(const char *key, ProtobufCMessage *msg, void *user) {
   tg_coord *c = user;
   const char *seq = strrchr(key, '/');
   uint64_t s = seq ? strtoull(seq + 1, NULL, 10) : 0;
   if (s > c->fault_seq) c->fault_seq = s;
   c->faults_in_etcd++;
-  protobuf_c_message_free_unpacked(msg, NULL);
+  size_t slot = c->faults_head % TG_FAULT_LOG;
+  if (c->faults[slot]) protobuf_c_message_free_unpacked(&c->faults[slot]->base, NULL);
+  c->faults[slot] = (Tardigrade__V1__Fault *)msg;
+  c->faults_head++;
+  if (c->n_faults < TG_FAULT_LOG) c->n_faults++;
 }
 
 /* Loads the job from etcd after winning the election (mu not held). */
@@ -556,6 +565,11 @@ static int take_over(tg_coord *c) {
   c->restart_requested = 0;
   c->fault_seq = 0;
   c->faults_in_etcd = 0;
+  for (size_t i = 0; i < TG_FAULT_LOG; i++) {
+    if (c->faults[i]) protobuf_c_message_free_unpacked(&c->faults[i]->base, NULL);
+    c->faults[i] = NULL;
+  }
+  c->faults_head = c->n_faults = 0;
   pthread_mutex_unlock(&c->mu);
 
   /* Load nodes and the fault sequence (store_list calls back without mu;
@@ -563,7 +577,7 @@ static int take_over(tg_coord *c) {
   if (tg_store_list(c->store, "nodes/", &tardigrade__v1__node_record__descriptor, load_node, c, NULL,
                     &st) != TG_RPC_OK)
     goto fail;
-  if (tg_store_list(c->store, "faults/", &tardigrade__v1__fault__descriptor, load_fault_seq, c, NULL,
+  if (tg_store_list(c->store, "faults/", &tardigrade__v1__fault__descriptor, load_fault, c, NULL,
                     &st) != TG_RPC_OK)
     goto fail;
   if (c->fault_seq < (uint64_t)tg_unix_ms() * 1000) c->fault_seq = (uint64_t)tg_unix_ms() * 1000;
@@ -599,6 +613,7 @@ static void check_liveness(tg_coord *c, int64_t now) {
     tg_node *n = c->nodes[i];
     if (!n->alive || n->left || now - n->last_heartbeat_ms <= c->cfg.heartbeat_timeout_ms) continue;
     n->alive = 0;
+    n->dirty = 1;
     c->decide_needed = 1;
     Tardigrade__V1__Fault f = TARDIGRADE__V1__FAULT__INIT;
     char detail[160];

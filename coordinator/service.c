@@ -193,6 +193,7 @@ static void on_heartbeat(tg_rpc_call *call, const ProtobufCMessage *msg, void *u
   n->last_heartbeat_ms = now;
   if (!n->alive) {
     n->alive = 1;
+    n->dirty = 1; /* no longer dead in etcd either */
     tg_coord_poke(c);
   }
   if (req->health) {

@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <cjson/cJSON.h>
+#include <sys/wait.h>
 
 #include "common/etcd/etcd.h"
 #include "common/log/log.h"
@@ -220,6 +222,31 @@ static void check_generations_unique(cluster *c, uint64_t *last) {
   tg_etcd_close(e);
 }
 
+/* Runs tgctl against the cluster; returns its exit code, output in out. */
+static int tgctl(cluster *c, char *out, size_t outlen, const char *a1, const char *a2, const char *a3) {
+  const char *argv[] = {"coordinator/tgctl", "--coordinator", c->endpoints, a1, a2, a3, NULL};
+  int status = 0;
+  assert_int_equal(tg_proc_run(argv, NULL, 10000, out, outlen, &status), 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* How many faults of `kind` about `node` the leader lists (tgctl --json). */
+static int count_faults(cluster *c, const char *kind, const char *node) {
+  static char out[65536];
+  assert_int_equal(tgctl(c, out, sizeof out, "--json", "faults", NULL), 0);
+  cJSON *j = cJSON_Parse(out);
+  assert_non_null(j);
+  int n = 0;
+  for (int i = 0; i < cJSON_GetArraySize(j); i++) {
+    cJSON *f = cJSON_GetArrayItem(j, i);
+    if (strcmp(cJSON_GetObjectItem(f, "kind")->valuestring, kind) == 0 &&
+        strcmp(cJSON_GetObjectItem(f, "node_id")->valuestring, node) == 0)
+      n++;
+  }
+  cJSON_Delete(j);
+  return n;
+}
+
 /* ------------------------------------------------------------- tests */
 
 static const char *const small[] = {"--min-nodes", "2", "--max-nodes", "3", "--slots", "2", NULL};
@@ -326,6 +353,12 @@ static void test_leader_killed_mid_run(void **state) {
   n[1] = add_agent(c, "n1", 2);
   wait_all(c, n, 2, 1);
   uint64_t before = state_of(n[0]).generation;
+  tg_rpc_status st = {0};
+  assert_int_equal(tg_sim_agent_report_fault(n[0], TARDIGRADE__V1__FAULT_KIND__FAULT_NIC_FLAP,
+                                             TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING, -1, before,
+                                             "eth1 flapped", &st),
+                   TG_RPC_OK);
+  usleep(200000); /* written to etcd within a tick */
 
   /* The leader dies; the standby takes over and the job goes on: a node
    * that joins afterwards grows the world under the next generation. */
@@ -339,15 +372,21 @@ static void test_leader_killed_mid_run(void **state) {
   wait_all(c, n, 3, before + 1);
   wait_world_size(c, n[0], 6);
 
-  /* The first coordinator comes back as a standby; the second leader dies
-   * and a node is lost: the first one takes over and shrinks the world. */
+  /* The first coordinator comes back as a standby; a node is lost and the
+   * world shrinks; then the second leader dies and the first takes over. */
   start_coordinator(c, leader, small);
   usleep(300000);
-  tg_proc_signal(c->coord[next], SIGKILL);
-  tg_proc_wait(c->coord[next], 2000, NULL);
   tg_sim_agent_silence(n[2], 1);
   wait_world_size(c, n[0], 4);
+  tg_proc_signal(c->coord[next], SIGKILL);
+  tg_proc_wait(c->coord[next], 2000, NULL);
   assert_int_equal(wait_leader(c), leader);
+  /* The fault log survived two leader changes, and the lost node is
+   * reported once, not again by the new leader after its grace period. */
+  assert_int_equal(count_faults(c, "NIC_FLAP", "n0"), 1);
+  usleep(1500000); /* longer than a heartbeat timeout after the takeover */
+  assert_int_equal(count_faults(c, "NODE_LOST", "n2"), 1);
+  assert_int_equal(state_of(n[0]).world_size, 4);
   uint64_t last = 0;
   check_generations_unique(c, &last);
   assert_true(last >= state_of(n[0]).generation);
@@ -566,6 +605,63 @@ static void test_drain_and_quarantine(void **state) {
   stop_cluster(c);
 }
 
+static void test_tgctl(void **state) {
+  cluster *c = start_cluster(2, small); /* tgctl must find the leader of two */
+  tg_sim_agent *n[2];
+  n[0] = add_agent(c, "n0", 2);
+  n[1] = add_agent(c, "n1", 2);
+  wait_all(c, n, 2, 1);
+  static char out[16384];
+
+  assert_int_equal(tgctl(c, out, sizeof out, "status", NULL, NULL), 0);
+  assert_non_null(strstr(out, "generation   1 (first)"));
+  assert_non_null(strstr(out, "4 ranks on 2 nodes"));
+
+  assert_int_equal(tgctl(c, out, sizeof out, "--json", "status", NULL), 0);
+  cJSON *j = cJSON_Parse(out);
+  assert_non_null(j);
+  cJSON *world = cJSON_GetObjectItem(j, "world");
+  assert_int_equal(cJSON_GetObjectItem(world, "generation")->valuedouble, 1);
+  assert_int_equal(cJSON_GetObjectItem(world, "world_size")->valuedouble, 4);
+  assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(world, "nodes")), 2);
+  assert_string_equal(cJSON_GetObjectItem(j, "job_id")->valuestring, c->job);
+  cJSON_Delete(j);
+
+  assert_int_equal(tgctl(c, out, sizeof out, "--json", "nodes", NULL), 0);
+  j = cJSON_Parse(out);
+  assert_non_null(j);
+  assert_int_equal(cJSON_GetArraySize(j), 2);
+  assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(j, 0), "state")->valuestring, "ACTIVE");
+  cJSON_Delete(j);
+
+  assert_int_equal(tgctl(c, out, sizeof out, "cordon", "n1", NULL), 0);
+  assert_non_null(strstr(out, "n1: cordoned"));
+  assert_int_equal(tgctl(c, out, sizeof out, "uncordon", "n1", NULL), 0);
+  assert_int_equal(tgctl(c, out, sizeof out, "quarantine", "clear", "n1"), 0);
+  assert_int_equal(tgctl(c, out, sizeof out, "drain", "nobody", NULL), 1);
+  assert_non_null(strstr(out, "NOT_FOUND"));
+  assert_int_equal(tgctl(c, out, sizeof out, "frobnicate", NULL, NULL), 2);
+  assert_int_equal(tgctl(c, out, sizeof out, "--help", NULL, NULL), 0);
+  assert_non_null(strstr(out, "usage: tgctl"));
+
+  /* A node fault shows up in the fault log. */
+  tg_rpc_status st = {0};
+  assert_int_equal(tg_sim_agent_report_fault(n[1], TARDIGRADE__V1__FAULT_KIND__FAULT_NIC_DOWN,
+                                             TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING, -1, 1,
+                                             "eth0 carrier lost", &st),
+                   TG_RPC_OK);
+  assert_int_equal(tgctl(c, out, sizeof out, "--json", "faults", NULL), 0);
+  j = cJSON_Parse(out);
+  assert_non_null(j);
+  assert_true(cJSON_GetArraySize(j) >= 1);
+  cJSON *f = cJSON_GetArrayItem(j, 0);
+  assert_string_equal(cJSON_GetObjectItem(f, "kind")->valuestring, "NIC_DOWN");
+  assert_string_equal(cJSON_GetObjectItem(f, "node_id")->valuestring, "n1");
+  assert_string_equal(cJSON_GetObjectItem(f, "detail")->valuestring, "eth0 carrier lost");
+  cJSON_Delete(j);
+  stop_cluster(c);
+}
+
 static int setup(void **state) {
   char err[256];
   tg_log_init("coordinator_test", TG_LOG_WARN);
@@ -591,6 +687,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_stale_generation_refused, teardown_cluster),
       cmocka_unit_test_teardown(test_hostile_requests_refused, teardown_cluster),
       cmocka_unit_test_teardown(test_drain_and_quarantine, teardown_cluster),
+      cmocka_unit_test_teardown(test_tgctl, teardown_cluster),
       cmocka_unit_test_teardown(test_leader_killed_mid_rendezvous, teardown_cluster),
       cmocka_unit_test_teardown(test_leader_killed_mid_run, teardown_cluster),
       cmocka_unit_test_teardown(test_etcd_restart_recovers, teardown_cluster),

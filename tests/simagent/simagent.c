@@ -174,7 +174,7 @@ static void *agent_main(void *arg) {
     pthread_mutex_unlock(&a->mu);
     if (stopping) break;
     if (!a->world) {
-      if (connect_agent(a) != 0) {
+      if (silent || connect_agent(a) != 0) { /* a silent node does not reconnect either */
         sleep_ms(100);
         continue;
       }

@@ -30,7 +30,9 @@ tg_sim_agent *tg_sim_agent_start(const tg_sim_config *cfg, char *err, size_t err
 /* Stops abruptly: streams cancelled, no Leave (a crashed or lost node). */
 void tg_sim_agent_free(tg_sim_agent *a);
 
-/* Silences (1) or resumes (0) heartbeats; the streams stay open. */
+/* Silences (1) or resumes (0) the node: no heartbeats, and no new
+ * registration if its streams break (a dead or cut-off node); streams
+ * already open stay open. */
 void tg_sim_agent_silence(tg_sim_agent *a, int silent);
 
 /* Marks the node unhealthy (0) or healthy (1) in its next heartbeats. */
