@@ -19,71 +19,22 @@
 #include "common/log/log.h"
 #include "tests/harness/etcd_cluster.h"
 
-static tg_etcd_cluster *cluster;
+/* Fixture, per-test setup and teardown: etcd_testing.h. */
+typedef etcd_testing_fixture fixture;
 
-typedef struct {
-  tg_etcd *c;
-  tg_etcd *writer;
-  tg_etcd_watch *w;
-  tg_etcd_keepalive *ka;
-} fixture;
+static int group_setup(void **state) { return etcd_testing_start(3); }
 
-static int group_setup(void **state) {
-  char err[256] = "";
-  cluster = tg_etcd_cluster_start(3, err, sizeof err);
-  if (!cluster) {
-    fprintf(stderr, "etcd cluster: %s\n", err);
-    return -1;
-  }
-  return 0;
-}
-
-static int group_teardown(void **state) {
-  tg_etcd_cluster_free(cluster);
-  cluster = NULL;
-  return 0;
-}
-
-static int setup(void **state) {
-  static fixture f;
-  memset(&f, 0, sizeof f);
-  *state = &f;
-  return 0;
-}
-
-/* Releases the test's clients and brings every member back. */
-static int teardown(void **state) {
-  fixture *f = *state;
-  tg_etcd_keepalive_stop(f->ka);
-  tg_etcd_watch_close(f->w);
-  tg_etcd_close(f->c);
-  tg_etcd_close(f->writer);
-  memset(f, 0, sizeof *f);
-  char err[256];
-  for (int i = 0; i < tg_etcd_cluster_size(cluster); i++) {
-    if (!tg_etcd_cluster_running(cluster, i) &&
-        tg_etcd_cluster_restart(cluster, i, 15000, err, sizeof err) != 0) {
-      fprintf(stderr, "restart member %d: %s\n", i, err);
-      return -1;
-    }
-  }
-  if (tg_etcd_cluster_wait_healthy(cluster, 15000, err, sizeof err) != 0) {
-    fprintf(stderr, "%s\n", err);
-    return -1;
-  }
-  return 0;
-}
 
 /* "first,others..." so that the client prefers member `first`. */
 static void endpoints_starting_at(int first, int skip, char *buf, size_t len) {
   size_t used = 0;
   buf[0] = '\0';
-  int n = tg_etcd_cluster_size(cluster);
+  int n = tg_etcd_cluster_size(etcd_testing_cluster);
   for (int k = 0; k < n; k++) {
     int i = (first + k) % n;
     if (i == skip) continue;
     used += (size_t)snprintf(buf + used, len - used, "%s%s", used ? "," : "",
-                             tg_etcd_cluster_endpoint(cluster, i));
+                             tg_etcd_cluster_endpoint(etcd_testing_cluster, i));
   }
 }
 
@@ -96,7 +47,7 @@ static int64_t now_ms(void) {
 static void test_leader_loss_failover(void **state) {
   fixture *f = *state;
   tg_rpc_status st = {0};
-  int leader = tg_etcd_cluster_leader(cluster, 5000);
+  int leader = tg_etcd_cluster_leader(etcd_testing_cluster, 5000);
   assert_in_range(leader, 0, 2);
   char eps[256];
   endpoints_starting_at(leader, -1, eps, sizeof eps);
@@ -109,7 +60,7 @@ static void test_leader_loss_failover(void **state) {
   f->ka = tg_etcd_keepalive_start(f->c, kept, NULL, NULL, &st);
   if (!f->ka) fail_msg("keepalive: %s", st.message);
 
-  assert_int_equal(tg_etcd_cluster_kill(cluster, leader), 0);
+  assert_int_equal(tg_etcd_cluster_kill(etcd_testing_cluster, leader), 0);
   int64_t t0 = now_ms();
   etcd_testing_put(f->c, "/fo/after", "2");
   TG_INFO("first put after killing the leader took %lld ms", (long long)(now_ms() - t0));
@@ -132,7 +83,7 @@ static void test_leader_loss_failover(void **state) {
   assert_int_equal(tg_etcd_lease_grant(f->c, 5, &lease, &st), TG_RPC_OK);
   assert_int_equal(tg_etcd_lease_revoke(f->c, lease, &st), TG_RPC_OK);
 
-  int next = tg_etcd_cluster_leader(cluster, 10000);
+  int next = tg_etcd_cluster_leader(etcd_testing_cluster, 10000);
   assert_in_range(next, 0, 2);
   assert_int_not_equal(next, leader);
 
@@ -147,7 +98,7 @@ static void test_watch_moves_when_its_member_dies(void **state) {
   tg_rpc_status st = {0};
   char err[256];
   /* The watcher prefers a follower; the writer never talks to it. */
-  int leader = tg_etcd_cluster_leader(cluster, 5000);
+  int leader = tg_etcd_cluster_leader(etcd_testing_cluster, 5000);
   assert_in_range(leader, 0, 2);
   int victim = (leader + 1) % 3;
   char watch_eps[256], write_eps[256];
@@ -163,7 +114,7 @@ static void test_watch_moves_when_its_member_dies(void **state) {
   etcd_testing_expect_event(f->w, TG_ETCD_EVENT_PUT, "/fw/1", "a", 3000);
 
   /* Its member dies; events keep coming while it is down. */
-  assert_int_equal(tg_etcd_cluster_kill(cluster, victim), 0);
+  assert_int_equal(tg_etcd_cluster_kill(etcd_testing_cluster, victim), 0);
   etcd_testing_put(f->writer, "/fw/2", "b");
   etcd_testing_put(f->writer, "/fw/3", "c");
   etcd_testing_expect_event(f->w, TG_ETCD_EVENT_PUT, "/fw/2", "b", 8000);
@@ -172,7 +123,7 @@ static void test_watch_moves_when_its_member_dies(void **state) {
   etcd_testing_expect_event(f->w, TG_ETCD_EVENT_PUT, "/fw/4", "d", 3000);
 
   /* Back again: no repeats, and new events flow. */
-  if (tg_etcd_cluster_restart(cluster, victim, 15000, err, sizeof err) != 0) fail_msg("%s", err);
+  if (tg_etcd_cluster_restart(etcd_testing_cluster, victim, 15000, err, sizeof err) != 0) fail_msg("%s", err);
   int64_t deleted = 0;
   assert_int_equal(tg_etcd_delete(f->writer, "/fw/1", 0, &deleted, NULL, &st), TG_RPC_OK);
   tg_etcd_event ev;
@@ -186,8 +137,8 @@ static void test_watch_moves_when_its_member_dies(void **state) {
 
   /* Now the member the watch moved to dies too (the victim is back). */
   int64_t t0 = now_ms();
-  int leader2 = tg_etcd_cluster_leader(cluster, 5000);
-  assert_int_equal(tg_etcd_cluster_kill(cluster, leader2), 0);
+  int leader2 = tg_etcd_cluster_leader(etcd_testing_cluster, 5000);
+  assert_int_equal(tg_etcd_cluster_kill(etcd_testing_cluster, leader2), 0);
   etcd_testing_put(f->writer, "/fw/5", "e");
   TG_INFO("put after killing leader %d took %lld ms", leader2, (long long)(now_ms() - t0));
   etcd_testing_expect_event(f->w, TG_ETCD_EVENT_PUT, "/fw/5", "e", 10000);
@@ -197,8 +148,8 @@ static void test_watch_moves_when_its_member_dies(void **state) {
 int main(void) {
   tg_log_init("etcd_failover_test", TG_LOG_INFO);
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_leader_loss_failover, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_watch_moves_when_its_member_dies, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_leader_loss_failover, etcd_testing_setup, etcd_testing_teardown),
+      cmocka_unit_test_setup_teardown(test_watch_moves_when_its_member_dies, etcd_testing_setup, etcd_testing_teardown),
   };
-  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+  return cmocka_run_group_tests(tests, group_setup, etcd_testing_stop);
 }

@@ -22,59 +22,18 @@
 #include "common/log/log.h"
 #include "tests/harness/etcd_cluster.h"
 
-static tg_etcd_cluster *cluster;
+/* Fixture, per-test setup and teardown: etcd_testing.h. */
+typedef etcd_testing_fixture fixture;
 
-typedef struct {
-  tg_etcd *c;
-  tg_etcd *writer;
-  tg_etcd_watch *w;
-  tg_etcd_keepalive *ka;
-} fixture;
+static int group_setup(void **state) { return etcd_testing_start(1); }
 
-static int group_setup(void **state) {
-  char err[256] = "";
-  cluster = tg_etcd_cluster_start(1, err, sizeof err);
-  if (!cluster) {
-    fprintf(stderr, "etcd cluster: %s\n", err);
-    return -1;
-  }
-  return 0;
-}
-
-static int group_teardown(void **state) {
-  tg_etcd_cluster_free(cluster);
-  cluster = NULL;
-  return 0;
-}
-
-static int setup(void **state) {
-  static fixture f;
-  memset(&f, 0, sizeof f);
-  *state = &f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fixture *f = *state;
-  tg_etcd_keepalive_stop(f->ka);
-  tg_etcd_watch_close(f->w);
-  tg_etcd_close(f->c);
-  tg_etcd_close(f->writer);
-  memset(f, 0, sizeof *f);
-  /* A test that failed mid-restart must not leave the member down. */
-  if (!tg_etcd_cluster_running(cluster, 0)) {
-    char err[256];
-    if (tg_etcd_cluster_restart(cluster, 0, 15000, err, sizeof err) != 0) return -1;
-  }
-  return 0;
-}
 
 /* ------------------------------------------------------------------ KV */
 
 static void test_put_get_delete(void **state) {
   fixture *f = *state;
   tg_rpc_status st = {0};
-  f->c = etcd_testing_client(tg_etcd_cluster_endpoints(cluster), 5000);
+  f->c = etcd_testing_client(tg_etcd_cluster_endpoints(etcd_testing_cluster), 5000);
 
   int64_t rev1 = etcd_testing_put(f->c, "/kv/a", "1");
   assert_true(rev1 > 0);
@@ -174,7 +133,7 @@ static void test_txn_and_cas_conflict(void **state) {
   fixture *f = *state;
   tg_rpc_status st = {0};
   tg_etcd_txn_result tr;
-  f->c = etcd_testing_client(tg_etcd_cluster_endpoints(cluster), 5000);
+  f->c = etcd_testing_client(tg_etcd_cluster_endpoints(etcd_testing_cluster), 5000);
 
   /* Create-if-absent: the first wins, the second sees the winner. */
   for (int round = 0; round < 2; round++) {
@@ -261,7 +220,7 @@ static void on_lost(int64_t lease_id, void *user) {
 static void test_lease_expiry_and_keepalive(void **state) {
   fixture *f = *state;
   tg_rpc_status st = {0};
-  f->c = etcd_testing_client(tg_etcd_cluster_endpoints(cluster), 5000);
+  f->c = etcd_testing_client(tg_etcd_cluster_endpoints(etcd_testing_cluster), 5000);
   int64_t short_lease = 0, kept_lease = 0;
   assert_int_equal(tg_etcd_lease_grant(f->c, 2, &short_lease, &st), TG_RPC_OK);
   assert_int_equal(tg_etcd_lease_grant(f->c, 2, &kept_lease, &st), TG_RPC_OK);
@@ -320,7 +279,7 @@ static void test_lease_expiry_and_keepalive(void **state) {
 static void test_compaction_is_reported(void **state) {
   fixture *f = *state;
   tg_rpc_status st = {0};
-  f->c = etcd_testing_client(tg_etcd_cluster_endpoints(cluster), 5000);
+  f->c = etcd_testing_client(tg_etcd_cluster_endpoints(etcd_testing_cluster), 5000);
   int64_t first = etcd_testing_put(f->c, "/compact/k", "1");
   etcd_testing_put(f->c, "/compact/k", "2");
   int64_t last = etcd_testing_put(f->c, "/compact/k", "3");
@@ -356,8 +315,8 @@ static void test_watch_survives_restart(void **state) {
   fixture *f = *state;
   tg_rpc_status st = {0};
   char err[256];
-  f->c = etcd_testing_client(tg_etcd_cluster_endpoints(cluster), 5000);
-  f->writer = etcd_testing_client(tg_etcd_cluster_endpoints(cluster), 8000);
+  f->c = etcd_testing_client(tg_etcd_cluster_endpoints(etcd_testing_cluster), 5000);
+  f->writer = etcd_testing_client(tg_etcd_cluster_endpoints(etcd_testing_cluster), 8000);
   tg_etcd_watch_opts wo = {.prefix = 1};
   f->w = tg_etcd_watch_open(f->c, "/w/", &wo, &st);
   if (!f->w) fail_msg("watch: %s", st.message);
@@ -378,9 +337,9 @@ static void test_watch_survives_restart(void **state) {
   assert_int_equal(tg_etcd_watch_revision(f->w), rev2);
 
   /* SIGKILL: the watcher keeps trying, and says "nothing yet" meanwhile. */
-  assert_int_equal(tg_etcd_cluster_kill(cluster, 0), 0);
+  assert_int_equal(tg_etcd_cluster_kill(etcd_testing_cluster, 0), 0);
   etcd_testing_expect_no_event(f->w, 300);
-  if (tg_etcd_cluster_restart(cluster, 0, 15000, err, sizeof err) != 0) fail_msg("%s", err);
+  if (tg_etcd_cluster_restart(etcd_testing_cluster, 0, 15000, err, sizeof err) != 0) fail_msg("%s", err);
   /* Written right after the restart, before the watcher resubscribes
    * (it only does so inside next). */
   etcd_testing_put(f->writer, "/w/3", "c");
@@ -391,9 +350,9 @@ static void test_watch_survives_restart(void **state) {
   etcd_testing_expect_event(f->w, TG_ETCD_EVENT_DELETE, "/w/1", NULL, 3000);
 
   /* Second round: killed while the watcher waits in next. */
-  assert_int_equal(tg_etcd_cluster_kill(cluster, 0), 0);
+  assert_int_equal(tg_etcd_cluster_kill(etcd_testing_cluster, 0), 0);
   etcd_testing_expect_no_event(f->w, 200);
-  if (tg_etcd_cluster_restart(cluster, 0, 15000, err, sizeof err) != 0) fail_msg("%s", err);
+  if (tg_etcd_cluster_restart(etcd_testing_cluster, 0, 15000, err, sizeof err) != 0) fail_msg("%s", err);
   etcd_testing_put(f->writer, "/w/4", "d");
   etcd_testing_expect_event(f->w, TG_ETCD_EVENT_PUT, "/w/4", "d", 10000);
   etcd_testing_expect_no_event(f->w, 300); /* and nothing repeated */
@@ -432,12 +391,12 @@ static void test_unreachable_endpoint_fails_in_time(void **state) {
 int main(void) {
   tg_log_init("etcd_test", TG_LOG_INFO);
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_put_get_delete, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_txn_and_cas_conflict, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_lease_expiry_and_keepalive, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_compaction_is_reported, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_watch_survives_restart, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_unreachable_endpoint_fails_in_time, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_put_get_delete, etcd_testing_setup, etcd_testing_teardown),
+      cmocka_unit_test_setup_teardown(test_txn_and_cas_conflict, etcd_testing_setup, etcd_testing_teardown),
+      cmocka_unit_test_setup_teardown(test_lease_expiry_and_keepalive, etcd_testing_setup, etcd_testing_teardown),
+      cmocka_unit_test_setup_teardown(test_compaction_is_reported, etcd_testing_setup, etcd_testing_teardown),
+      cmocka_unit_test_setup_teardown(test_watch_survives_restart, etcd_testing_setup, etcd_testing_teardown),
+      cmocka_unit_test_setup_teardown(test_unreachable_endpoint_fails_in_time, etcd_testing_setup, etcd_testing_teardown),
   };
-  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+  return cmocka_run_group_tests(tests, group_setup, etcd_testing_stop);
 }

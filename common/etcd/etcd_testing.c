@@ -78,3 +78,50 @@ void etcd_testing_expect_no_event(tg_etcd_watch *w, int64_t quiet_ms) {
   }
   assert_int_equal(r, TG_ETCD_WATCH_TIMEOUT);
 }
+
+tg_etcd_cluster *etcd_testing_cluster;
+
+int etcd_testing_start(int members) {
+  char err[256] = "";
+  etcd_testing_cluster = tg_etcd_cluster_start(members, err, sizeof err);
+  if (!etcd_testing_cluster) {
+    fprintf(stderr, "etcd cluster: %s\n", err);
+    return -1;
+  }
+  return 0;
+}
+
+int etcd_testing_stop(void **state) {
+  tg_etcd_cluster_free(etcd_testing_cluster);
+  etcd_testing_cluster = NULL;
+  return 0;
+}
+
+int etcd_testing_setup(void **state) {
+  static etcd_testing_fixture f;
+  memset(&f, 0, sizeof f);
+  *state = &f;
+  return 0;
+}
+
+int etcd_testing_teardown(void **state) {
+  etcd_testing_fixture *f = *state;
+  tg_etcd_keepalive_stop(f->ka);
+  tg_etcd_watch_close(f->w);
+  tg_etcd_close(f->c);
+  tg_etcd_close(f->writer);
+  memset(f, 0, sizeof *f);
+  char err[256];
+  for (int i = 0; i < tg_etcd_cluster_size(etcd_testing_cluster); i++) {
+    if (!tg_etcd_cluster_running(etcd_testing_cluster, i) &&
+        tg_etcd_cluster_restart(etcd_testing_cluster, i, 15000, err, sizeof err) != 0) {
+      fprintf(stderr, "restart member %d: %s\n", i, err);
+      return -1;
+    }
+  }
+  if (tg_etcd_cluster_wait_healthy(etcd_testing_cluster, 15000, err, sizeof err) != 0) {
+    fprintf(stderr, "%s\n", err);
+    return -1;
+  }
+  return 0;
+}
