@@ -13,16 +13,21 @@
 
 #define DEFAULT_FAULTS 100
 
-static void on_status(tg_rpc_call *call, const ProtobufCMessage *msg, void *user) {
-  tg_coord *c = user;
+/* Takes mu if this coordinator leads and returns 1; otherwise refuses the
+ * call (UNAVAILABLE with the leader's address) and returns 0 unlocked. */
+static int lock_leader(tg_coord *c, tg_rpc_call *call) {
   tg_rpc_status st = {0};
   pthread_mutex_lock(&c->mu);
-  if (!c->leader) {
-    tg_coord_refuse_standby(c, &st);
-    pthread_mutex_unlock(&c->mu);
-    tg_rpc_call_finish(call, st.code, st.message, NULL);
-    return;
-  }
+  if (c->leader) return 1;
+  tg_coord_refuse_standby(c, &st);
+  pthread_mutex_unlock(&c->mu);
+  tg_rpc_call_finish(call, st.code, st.message, NULL);
+  return 0;
+}
+
+static void on_status(tg_rpc_call *call, const ProtobufCMessage *msg, void *user) {
+  tg_coord *c = user;
+  if (!lock_leader(c, call)) return;
   Tardigrade__V1__StatusResponse r = TARDIGRADE__V1__STATUS_RESPONSE__INIT;
   r.job_id = c->cfg.job_id;
   r.world = c->world;
@@ -48,14 +53,7 @@ static void on_status(tg_rpc_call *call, const ProtobufCMessage *msg, void *user
 
 static void on_list_nodes(tg_rpc_call *call, const ProtobufCMessage *msg, void *user) {
   tg_coord *c = user;
-  tg_rpc_status st = {0};
-  pthread_mutex_lock(&c->mu);
-  if (!c->leader) {
-    tg_coord_refuse_standby(c, &st);
-    pthread_mutex_unlock(&c->mu);
-    tg_rpc_call_finish(call, st.code, st.message, NULL);
-    return;
-  }
+  if (!lock_leader(c, call)) return;
   size_t n = c->n_nodes;
   Tardigrade__V1__NodeStatus *ns = calloc(n + 1, sizeof *ns);
   Tardigrade__V1__NodeStatus **nsp = calloc(n + 1, sizeof *nsp);
@@ -98,7 +96,6 @@ out:
 static void on_list_faults(tg_rpc_call *call, const ProtobufCMessage *msg, void *user) {
   tg_coord *c = user;
   const Tardigrade__V1__ListFaultsRequest *req = (const Tardigrade__V1__ListFaultsRequest *)msg;
-  tg_rpc_status st = {0};
   size_t limit = req->limit ? req->limit : DEFAULT_FAULTS;
   if (limit > TG_FAULT_LOG) limit = TG_FAULT_LOG;
   Tardigrade__V1__Fault **list = calloc(limit + 1, sizeof *list);
@@ -106,12 +103,8 @@ static void on_list_faults(tg_rpc_call *call, const ProtobufCMessage *msg, void 
     tg_rpc_call_finish(call, TG_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
     return;
   }
-  pthread_mutex_lock(&c->mu);
-  if (!c->leader) {
-    tg_coord_refuse_standby(c, &st);
-    pthread_mutex_unlock(&c->mu);
+  if (!lock_leader(c, call)) {
     free(list);
-    tg_rpc_call_finish(call, st.code, st.message, NULL);
     return;
   }
   size_t k = 0;

@@ -76,6 +76,19 @@ static tg_node *current_node(tg_coord *c, const char *node_id, uint64_t incarnat
   return n;
 }
 
+/* Takes mu and returns the node a request names, or NULL with st set when
+ * this coordinator is a standby or the node is unknown or stale. Either
+ * way the caller unlocks. */
+static tg_node *lock_current_node(tg_coord *c, const char *node_id, uint64_t incarnation,
+                                  tg_rpc_status *st) {
+  pthread_mutex_lock(&c->mu);
+  if (!c->leader) {
+    tg_coord_refuse_standby(c, st);
+    return NULL;
+  }
+  return current_node(c, node_id, incarnation, st);
+}
+
 static void finish_status(tg_rpc_call *call, const tg_rpc_status *st) {
   tg_rpc_call_finish(call, st->code, st->message, NULL);
 }
@@ -339,12 +352,7 @@ static void on_report_fault(tg_rpc_call *call, const ProtobufCMessage *msg, void
                        NULL);
     return;
   }
-  pthread_mutex_lock(&c->mu);
-  if (!c->leader) {
-    tg_coord_refuse_standby(c, &st);
-    goto refuse;
-  }
-  tg_node *n = current_node(c, req->node_id, req->incarnation, &st);
+  tg_node *n = lock_current_node(c, req->node_id, req->incarnation, &st);
   if (!n) goto refuse;
   if (req->generation > c->generation) {
     tg_rpc_status_set(&st, TG_RPC_FAILED_PRECONDITION,
@@ -399,12 +407,7 @@ static void on_leave(tg_rpc_call *call, const ProtobufCMessage *msg, void *user)
     tg_rpc_call_finish(call, TG_RPC_INVALID_ARGUMENT, "reason must be under 1024 bytes", NULL);
     return;
   }
-  pthread_mutex_lock(&c->mu);
-  if (!c->leader) {
-    tg_coord_refuse_standby(c, &st);
-    goto refuse;
-  }
-  tg_node *n = current_node(c, req->node_id, req->incarnation, &st);
+  tg_node *n = lock_current_node(c, req->node_id, req->incarnation, &st);
   if (!n) goto refuse;
   n->left = 1;
   n->dirty = 1;

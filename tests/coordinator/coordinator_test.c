@@ -102,6 +102,15 @@ static tg_sim_agent *add_agent(cluster *c, const char *node, uint32_t slots) {
 
 /* Stops everything the test started; with dump, prints the coordinators'
  * logs first (the test failed). */
+/* Agents "n0".."n{count-1}" with `slots` slots each, into out[]. */
+static void add_agents(cluster *c, tg_sim_agent **out, int count, uint32_t slots) {
+  for (int i = 0; i < count; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "n%d", i);
+    out[i] = add_agent(c, id, slots);
+  }
+}
+
 static void stop_cluster_dump(cluster *c, int dump) {
   if (c->stopped) return;
   c->stopped = 1;
@@ -277,11 +286,7 @@ static void test_join_min_then_max_with_last_call(void **state) {
 static void test_spare_replaces_dead_node(void **state) {
   cluster *c = start_cluster(1, small);
   tg_sim_agent *n[4];
-  for (int i = 0; i < 3; i++) {
-    char id[8];
-    snprintf(id, sizeof id, "n%d", i);
-    n[i] = add_agent(c, id, 2);
-  }
+  add_agents(c, n, 3, 2);
   wait_all(c, n, 3, 1);
   n[3] = add_agent(c, "spare", 2);
   assert_int_equal(tg_sim_agent_wait_registered(n[3], WAIT_MS), 0);
@@ -302,11 +307,7 @@ static void test_shrink_keeps_granularity_then_grows_back(void **state) {
                               "--granularity", "4", NULL};
   cluster *c = start_cluster(1, gran);
   tg_sim_agent *n[4];
-  for (int i = 0; i < 4; i++) {
-    char id[8];
-    snprintf(id, sizeof id, "n%d", i);
-    n[i] = add_agent(c, id, 2);
-  }
+  add_agents(c, n, 4, 2);
   wait_all(c, n, 4, 1);
   assert_int_equal(state_of(n[0]).world_size, 8);
   tg_sim_agent_free(n[3]); /* node lost, no spare */
@@ -414,11 +415,7 @@ static void test_etcd_restart_recovers(void **state) {
 static void test_stale_generation_refused(void **state) {
   cluster *c = start_cluster(1, small);
   tg_sim_agent *n[3];
-  for (int i = 0; i < 3; i++) {
-    char id[8];
-    snprintf(id, sizeof id, "n%d", i);
-    n[i] = add_agent(c, id, 2);
-  }
+  add_agents(c, n, 3, 2);
   wait_all(c, n, 3, 1);
   tg_rpc_status st = {0};
   /* A rank fault against the current generation is accepted and forms a
@@ -561,11 +558,7 @@ static void test_drain_and_quarantine(void **state) {
                            "--quarantine-faults", "2", NULL};
   cluster *c = start_cluster(1, q);
   tg_sim_agent *n[3];
-  for (int i = 0; i < 3; i++) {
-    char id[8];
-    snprintf(id, sizeof id, "n%d", i);
-    n[i] = add_agent(c, id, 2);
-  }
+  add_agents(c, n, 3, 2);
   wait_all(c, n, 3, 1);
   /* Drain n2 through the Operator API: it leaves the world. */
   tg_rpc_status st = {0};
