@@ -34,12 +34,12 @@ int main(int argc, char **argv) {
   int tls_mutual = 0;
   const tg_option opts[] = {
       {"id", TG_OPT_STRING, cfg.coordinator_id, sizeof cfg.coordinator_id, 0, 0,
-       "this coordinator's name among the job's coordinators (default: coordinator-PID)"},
+       "this coordinator's name among the job's coordinators; empty: coordinator-PID"},
       {"job", TG_OPT_STRING, cfg.job_id, sizeof cfg.job_id, 0, 0, "job id (1..63 of [A-Za-z0-9._-])"},
       {"listen", TG_OPT_STRING, cfg.listen, sizeof cfg.listen, 0, 0,
        "gRPC address for agents and tgctl: host:port or unix:/path"},
       {"advertise", TG_OPT_STRING, cfg.advertise, sizeof cfg.advertise, 0, 0,
-       "address agents use to reach this coordinator (default: --listen)"},
+       "address agents use to reach this coordinator; empty: --listen"},
       {"etcd", TG_OPT_STRING, cfg.etcd_endpoints, sizeof cfg.etcd_endpoints, 0, 0,
        "etcd endpoints, comma-separated host:port"},
       {"etcd-user", TG_OPT_STRING, cfg.etcd_user, sizeof cfg.etcd_user, 0, 0, "etcd user (auth)"},

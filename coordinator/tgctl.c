@@ -36,6 +36,7 @@ static int json_out;
 static int64_t limit;
 static char reason[256];
 static int64_t timeout_ms = 5000;
+static char tls_ca[512], tls_cert[512], tls_key[512], tls_name[256];
 
 static const char *enum_name(const ProtobufCEnumDescriptor *d, int v, const char *prefix) {
   const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(d, v);
@@ -237,6 +238,12 @@ int main(int argc, char **argv) {
       {"limit", TG_OPT_INT, &limit, 0, 0, 512, "faults: how many (0: the server's default, 100)"},
       {"reason", TG_OPT_STRING, reason, sizeof reason, 0, 0, "drain/cordon: why, for the log"},
       {"timeout-ms", TG_OPT_INT, &timeout_ms, 0, 100, 600000, "give up after this long"},
+      {"tls-ca", TG_OPT_STRING, tls_ca, sizeof tls_ca, 0, 0,
+       "PEM CA that verifies the coordinators (enables TLS)"},
+      {"tls-cert", TG_OPT_STRING, tls_cert, sizeof tls_cert, 0, 0, "PEM client certificate (mutual TLS)"},
+      {"tls-key", TG_OPT_STRING, tls_key, sizeof tls_key, 0, 0, "PEM client key (mutual TLS)"},
+      {"tls-server-name", TG_OPT_STRING, tls_name, sizeof tls_name, 0, 0,
+       "name to verify in the coordinators' certificates; empty: the address's host"},
   };
   char err[512];
   int n_args = 0;
@@ -250,7 +257,13 @@ int main(int argc, char **argv) {
     return 2;
   }
   const char *cmd = argv[1];
-  tg_coord_client *cl = tg_coord_client_new(coordinators, NULL, err, sizeof err);
+  tg_rpc_tls tls = {tls_ca, tls_cert[0] ? tls_cert : NULL, tls_key[0] ? tls_key : NULL, 0,
+                    tls_name[0] ? tls_name : NULL};
+  if ((tls_cert[0] != 0) != (tls_key[0] != 0) || (tls_cert[0] && !tls_ca[0])) {
+    fprintf(stderr, "tgctl: --tls-cert and --tls-key go together, with --tls-ca\n");
+    return 2;
+  }
+  tg_coord_client *cl = tg_coord_client_new(coordinators, tls_ca[0] ? &tls : NULL, err, sizeof err);
   if (!cl) {
     fprintf(stderr, "tgctl: %s\n", err);
     return 2;

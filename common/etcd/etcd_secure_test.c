@@ -16,6 +16,7 @@
 #include "common/etcd/etcd.h"
 #include "common/etcd/etcd_testing.h"
 #include "common/log/log.h"
+#include "tests/harness/certs.h"
 #include "tests/harness/etcd_cluster.h"
 
 typedef struct {
@@ -23,6 +24,7 @@ typedef struct {
   tg_etcd *c;
   tg_etcd_watch *w;
   char certs[512];
+  tg_test_certs tls_files;
 } fixture;
 
 static int setup(void **state) {
@@ -46,29 +48,11 @@ static int teardown(void **state) {
   return 0;
 }
 
-/* A CA, a server certificate for 127.0.0.1 and a client certificate,
- * EC P-256 so that generating them takes milliseconds. */
+/* A CA, a server certificate for 127.0.0.1 and a client certificate. */
 static void make_certs(fixture *f) {
-  const char *base = getenv("TEST_TMPDIR");
-  snprintf(f->certs, sizeof f->certs, "%s/certs-XXXXXX", base && *base ? base : "/tmp");
-  if (!mkdtemp(f->certs)) fail_msg("mkdtemp %s", f->certs);
-  char cmd[4096];
-  snprintf(cmd, sizeof cmd,
-           "set -e; cd '%s'; K='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes';"
-           "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth,"
-           "clientAuth\\n' > server.ext;"
-           "printf 'extendedKeyUsage=clientAuth\\n' > client.ext;"
-           "timeout 30 openssl req -x509 $K -keyout ca.key -out ca.crt -days 2 -subj /CN=tg-test-ca;"
-           "timeout 30 openssl req $K -keyout server.key -out server.csr -subj /CN=127.0.0.1;"
-           "timeout 30 openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial"
-           " -out server.crt -days 2 -extfile server.ext;"
-           "timeout 30 openssl req $K -keyout client.key -out client.csr -subj /CN=tg-client;"
-           "timeout 30 openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial"
-           " -out client.crt -days 2 -extfile client.ext",
-           f->certs);
-  char full[sizeof cmd + sizeof f->certs + 32];
-  snprintf(full, sizeof full, "(%s) > '%s/openssl.log' 2>&1", cmd, f->certs);
-  if (system(full) != 0) fail_msg("openssl failed, see %s/openssl.log", f->certs);
+  char err[512];
+  if (tg_test_make_certs(&f->tls_files, err, sizeof err) != 0) fail_msg("%s", err);
+  snprintf(f->certs, sizeof f->certs, "%s", f->tls_files.dir);
 }
 
 static void test_mutual_tls(void **state) {

@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "common/rpc/rpc.h"
+#include "tests/harness/certs.h"
 #include "common/rpc/testdata/echo.pb-c.h"
 
 #define UNARY "/tg.test.Echo/Unary"
@@ -751,47 +752,17 @@ static void test_unavailable(void **state) {
 
 /* --------------------------------------------------------------- TLS */
 
-static void path_in_dir(char *out, size_t outlen, const char *name) {
-  snprintf(out, outlen, "%s/%s", g_dir, name);
-}
-
-static char g_ca[300], g_server_cert[300], g_server_key[300], g_client_cert[300], g_client_key[300];
-
-static int make_certs(void) {
-  char cmd[4096];
-  snprintf(cmd, sizeof(cmd),
-           "set -e; cd '%s'; "
-           "K='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'; "
-           "openssl req -x509 $K -keyout ca.key -out ca.pem -days 2 -subj /CN=tg-test-ca; "
-           "openssl req $K -keyout server.key -out server.csr -subj /CN=localhost; "
-           "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n'"
-           " > server.ext; "
-           "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
-           " -out server.pem -days 2 -extfile server.ext; "
-           "openssl req $K -keyout client.key -out client.csr -subj /CN=tg-test-client; "
-           "printf 'extendedKeyUsage=clientAuth\\n' > client.ext; "
-           "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
-           " -out client.pem -days 2 -extfile client.ext",
-           g_dir);
-  char full[4600];
-  snprintf(full, sizeof(full), "(%s) >'%s/openssl.log' 2>&1", cmd, g_dir);
-  if (system(full) != 0) return -1;
-  path_in_dir(g_ca, sizeof(g_ca), "ca.pem");
-  path_in_dir(g_server_cert, sizeof(g_server_cert), "server.pem");
-  path_in_dir(g_server_key, sizeof(g_server_key), "server.key");
-  path_in_dir(g_client_cert, sizeof(g_client_cert), "client.pem");
-  path_in_dir(g_client_key, sizeof(g_client_key), "client.key");
-  return 0;
-}
+/* A CA, server and client certificates (tests/harness/certs.h). */
+static tg_test_certs g_certs;
 
 static void test_tls(void **state) {
-  tg_rpc_tls server_tls = {.cert_file = g_server_cert, .key_file = g_server_key};
+  tg_rpc_tls server_tls = {.cert_file = g_certs.server_cert, .key_file = g_certs.server_key};
   int port;
   tg_rpc_server *srv = start_echo("127.0.0.1:0", NULL, &server_tls, &port);
   char target[64];
   snprintf(target, sizeof(target), "127.0.0.1:%d", port);
 
-  tg_rpc_tls client_tls = {.ca_file = g_ca, .server_name = "localhost"};
+  tg_rpc_tls client_tls = {.ca_file = g_certs.ca, .server_name = "localhost"};
   tg_rpc_channel *ch = channel_to(target, &client_tls);
   char text[64] = "";
   tg_rpc_status st;
@@ -805,7 +776,7 @@ static void test_tls(void **state) {
   tg_rpc_channel_free(ch);
 
   /* A name the certificate does not carry is refused. */
-  tg_rpc_tls wrong_name = {.ca_file = g_ca, .server_name = "not-localhost"};
+  tg_rpc_tls wrong_name = {.ca_file = g_certs.ca, .server_name = "not-localhost"};
   ch = channel_to(target, &wrong_name);
   assert_int_equal(echo(ch, "who?", 0, 2000, NULL, 0, &st), TG_RPC_UNAVAILABLE);
   tg_rpc_channel_free(ch);
@@ -820,18 +791,18 @@ static void test_tls(void **state) {
 }
 
 static void test_mutual_tls(void **state) {
-  tg_rpc_tls server_tls = {.ca_file = g_ca,
-                           .cert_file = g_server_cert,
-                           .key_file = g_server_key,
+  tg_rpc_tls server_tls = {.ca_file = g_certs.ca,
+                           .cert_file = g_certs.server_cert,
+                           .key_file = g_certs.server_key,
                            .require_client_cert = 1};
   int port;
   tg_rpc_server *srv = start_echo("127.0.0.1:0", NULL, &server_tls, &port);
   char target[64];
   snprintf(target, sizeof(target), "127.0.0.1:%d", port);
 
-  tg_rpc_tls client_tls = {.ca_file = g_ca,
-                           .cert_file = g_client_cert,
-                           .key_file = g_client_key,
+  tg_rpc_tls client_tls = {.ca_file = g_certs.ca,
+                           .cert_file = g_certs.client_cert,
+                           .key_file = g_certs.client_key,
                            .server_name = "localhost"};
   tg_rpc_channel *ch = channel_to(target, &client_tls);
   char text[64] = "";
@@ -841,7 +812,7 @@ static void test_mutual_tls(void **state) {
   tg_rpc_channel_free(ch);
 
   /* Without a client certificate the handshake is refused. */
-  tg_rpc_tls anonymous = {.ca_file = g_ca, .server_name = "localhost"};
+  tg_rpc_tls anonymous = {.ca_file = g_certs.ca, .server_name = "localhost"};
   ch = channel_to(target, &anonymous);
   assert_int_equal(echo(ch, "let me in", 0, 2000, NULL, 0, &st), TG_RPC_UNAVAILABLE);
   tg_rpc_channel_free(ch);
@@ -851,7 +822,7 @@ static void test_mutual_tls(void **state) {
   char err[256] = "";
   tg_rpc_server *bad = tg_rpc_server_new(NULL, err, sizeof(err));
   tg_rpc_tls no_ca = {
-      .cert_file = g_server_cert, .key_file = g_server_key, .require_client_cert = 1};
+      .cert_file = g_certs.server_cert, .key_file = g_certs.server_key, .require_client_cert = 1};
   assert_int_equal(tg_rpc_server_listen(bad, "127.0.0.1:0", &no_ca, err, sizeof(err)), -1);
   tg_rpc_server_free(bad, 0);
 }
@@ -933,8 +904,9 @@ static int setup(void **state) {
     snprintf(g_dir, sizeof(g_dir), "/tmp/tg-rpc-test-XXXXXX");
   }
   if (mkdtemp(g_dir) == NULL) return -1;
-  if (make_certs() != 0) {
-    fprintf(stderr, "openssl failed; see %s/openssl.log\n", g_dir);
+  char err[512];
+  if (tg_test_make_certs(&g_certs, err, sizeof err) != 0) {
+    fprintf(stderr, "%s\n", err);
     return -1;
   }
   char unix_addr[300];

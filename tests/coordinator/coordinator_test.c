@@ -24,6 +24,7 @@
 #include "common/rpc/rpc.h"
 #include "proto/tardigrade/v1/coordinator.pb-c.h"
 #include "proto/tardigrade/v1/store.pb-c.h"
+#include "tests/harness/certs.h"
 #include "tests/harness/etcd_cluster.h"
 #include "tests/harness/proc.h"
 #include "tests/simagent/simagent.h"
@@ -655,6 +656,37 @@ static void test_tgctl(void **state) {
   stop_cluster(c);
 }
 
+static void test_mutual_tls(void **state) {
+  tg_test_certs tls;
+  char err[512];
+  if (tg_test_make_certs(&tls, err, sizeof err) != 0) fail_msg("%s", err);
+  const char *const secure[] = {"--min-nodes", "1", "--max-nodes", "1", "--tls-cert", tls.server_cert,
+                                "--tls-key", tls.server_key, "--tls-ca", tls.ca, "--tls-mutual", NULL};
+  cluster *c = start_cluster(1, secure);
+  static char out[8192];
+  int status = 0;
+  /* With a client certificate signed by the CA: served. */
+  const char *with_cert[] = {"coordinator/tgctl", "--coordinator", c->endpoints, "--timeout-ms", "10000",
+                             "--tls-ca", tls.ca, "--tls-cert", tls.client_cert, "--tls-key",
+                             tls.client_key, "status", NULL};
+  int64_t deadline = tg_sim_mono_ms() + WAIT_MS;
+  do {
+    assert_int_equal(tg_proc_run(with_cert, NULL, 15000, out, sizeof out, &status), 0);
+  } while (WEXITSTATUS(status) != 0 && tg_sim_mono_ms() < deadline);
+  assert_int_equal(WEXITSTATUS(status), 0);
+  assert_non_null(strstr(out, "leader       c0"));
+  /* Without one, or in plaintext: refused. */
+  const char *no_cert[] = {"coordinator/tgctl", "--coordinator", c->endpoints, "--timeout-ms", "1500",
+                           "--tls-ca", tls.ca, "status", NULL};
+  assert_int_equal(tg_proc_run(no_cert, NULL, 15000, out, sizeof out, &status), 0);
+  assert_int_equal(WEXITSTATUS(status), 1);
+  const char *plain[] = {"coordinator/tgctl", "--coordinator", c->endpoints, "--timeout-ms", "1500",
+                         "status", NULL};
+  assert_int_equal(tg_proc_run(plain, NULL, 15000, out, sizeof out, &status), 0);
+  assert_int_equal(WEXITSTATUS(status), 1);
+  stop_cluster(c);
+}
+
 static int setup(void **state) {
   char err[256];
   tg_log_init("coordinator_test", TG_LOG_WARN);
@@ -681,6 +713,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_hostile_requests_refused, teardown_cluster),
       cmocka_unit_test_teardown(test_drain_and_quarantine, teardown_cluster),
       cmocka_unit_test_teardown(test_tgctl, teardown_cluster),
+      cmocka_unit_test_teardown(test_mutual_tls, teardown_cluster),
       cmocka_unit_test_teardown(test_leader_killed_mid_rendezvous, teardown_cluster),
       cmocka_unit_test_teardown(test_leader_killed_mid_run, teardown_cluster),
       cmocka_unit_test_teardown(test_etcd_restart_recovers, teardown_cluster),
