@@ -2,6 +2,7 @@
  * one per address, and kept: reconnecting is gRPC's job. */
 #include "coordinator/client.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,58 @@ struct tg_coord_client {
   tg_rpc_tls tls;
   int has_tls;
 };
+
+/* Plaintext channels are shared by every client of the process, one per
+ * address: a gRPC channel is thread-safe, and a process that runs many
+ * clients (the simulated agents of a benchmark, an agent re-creating its
+ * client) should not build a resolver and a load balancer for each. */
+typedef struct shared_channel {
+  char *target;
+  tg_rpc_channel *ch;
+  int refs;
+  struct shared_channel *next;
+} shared_channel;
+
+static pthread_mutex_t shared_mu = PTHREAD_MUTEX_INITIALIZER;
+static shared_channel *shared_head;
+
+static tg_rpc_channel *shared_get(const char *target) {
+  pthread_mutex_lock(&shared_mu);
+  shared_channel *s = shared_head;
+  while (s && strcmp(s->target, target) != 0) s = s->next;
+  if (!s && (s = calloc(1, sizeof *s)) != NULL) {
+    char err[256];
+    s->target = strdup(target);
+    s->ch = s->target ? tg_rpc_channel_new(target, NULL, err, sizeof err) : NULL;
+    if (!s->ch) {
+      free(s->target);
+      free(s);
+      s = NULL;
+    } else {
+      s->next = shared_head;
+      shared_head = s;
+    }
+  }
+  if (s) s->refs++;
+  pthread_mutex_unlock(&shared_mu);
+  return s ? s->ch : NULL;
+}
+
+static void shared_put(tg_rpc_channel *ch) {
+  pthread_mutex_lock(&shared_mu);
+  for (shared_channel **p = &shared_head; *p; p = &(*p)->next) {
+    shared_channel *s = *p;
+    if (s->ch != ch) continue;
+    if (--s->refs == 0) {
+      *p = s->next;
+      tg_rpc_channel_free(s->ch);
+      free(s->target);
+      free(s);
+    }
+    break;
+  }
+  pthread_mutex_unlock(&shared_mu);
+}
 
 static int64_t mono_ms(void) {
   struct timespec ts;
@@ -57,19 +110,28 @@ fail:
   return NULL;
 }
 
+static void release(tg_coord_client *cl, tg_rpc_channel *ch) {
+  if (cl->has_tls)
+    tg_rpc_channel_free(ch);
+  else
+    shared_put(ch);
+}
+
 void tg_coord_client_free(tg_coord_client *cl) {
   if (!cl) return;
   for (size_t i = 0; i <= MAX_ENDPOINTS; i++) {
-    if (cl->ch[i]) tg_rpc_channel_free(cl->ch[i]);
+    if (cl->ch[i]) release(cl, cl->ch[i]);
     free(cl->addr[i]);
   }
   free(cl);
 }
 
 static tg_rpc_channel *channel(tg_coord_client *cl, size_t i) {
-  if (!cl->ch[i]) {
+  if (!cl->ch[i] && !cl->has_tls) {
+    cl->ch[i] = shared_get(cl->addr[i]);
+  } else if (!cl->ch[i]) {
     char err[256];
-    tg_rpc_channel_config cc = {.tls = cl->has_tls ? &cl->tls : NULL};
+    tg_rpc_channel_config cc = {.tls = &cl->tls};
     cl->ch[i] = tg_rpc_channel_new(cl->addr[i], &cc, err, sizeof err);
   }
   return cl->ch[i];
@@ -87,7 +149,7 @@ static size_t follow_hint(tg_coord_client *cl, const char *message) {
   addr[len] = '\0';
   for (size_t i = 0; i <= MAX_ENDPOINTS; i++)
     if (cl->addr[i] && strcmp(cl->addr[i], addr) == 0) return i;
-  if (cl->ch[MAX_ENDPOINTS]) tg_rpc_channel_free(cl->ch[MAX_ENDPOINTS]);
+  if (cl->ch[MAX_ENDPOINTS]) release(cl, cl->ch[MAX_ENDPOINTS]);
   cl->ch[MAX_ENDPOINTS] = NULL;
   free(cl->addr[MAX_ENDPOINTS]);
   cl->addr[MAX_ENDPOINTS] = strdup(addr);
@@ -107,7 +169,10 @@ tg_rpc_code tg_coord_client_call(tg_coord_client *cl, const char *path, const Pr
     if (left <= 0) break;
     tg_rpc_channel *ch = channel(cl, cl->current);
     if (ch) {
-      int64_t per_call = left < 1000 ? left : 1000;
+      /* Each endpoint gets a fair share of what is left (at least 1 s), so a
+       * slow leader is not abandoned, and retried, while it is still answering. */
+      int64_t share = left / (int64_t)cl->n;
+      int64_t per_call = share > 1000 ? share : (left < 1000 ? left : 1000);
       tg_rpc_call_opts o = {.deadline_ms = per_call};
       code = tg_rpc_unary(ch, path, req, resp_desc, resp, &o, st);
       if (code != TG_RPC_UNAVAILABLE && code != TG_RPC_DEADLINE_EXCEEDED) return code;

@@ -27,6 +27,10 @@
 #include "common/log/log.h"
 
 #define TICK_MS 20
+/* Decisions are coalesced: a burst of registrations (thousands of nodes
+ * starting at once) costs one policy run per DECIDE_MIN_GAP_MS, not one
+ * per node. */
+#define DECIDE_MIN_GAP_MS 5
 #define CAMPAIGN_WAIT_MS 500
 
 int64_t tg_mono_ms(void) {
@@ -255,6 +259,7 @@ static Tardigrade__V1__World *make_world(tg_coord *c, tg_node **members, size_t 
   for (size_t i = 0; i < n; i++) {
     tardigrade__v1__world_node__init(&wn[i]);
     wn[i].node_id = members[i]->id;
+    wn[i].position = (uint32_t)i;
     wn[i].address = members[i]->info && members[i]->info->address ? members[i]->info->address
                                                                    : (char *)"";
     wnp[i] = &wn[i];
@@ -318,13 +323,17 @@ static int64_t decide(tg_coord *c) {
   if (!pn || !cur) goto out;
 
   int64_t now = tg_mono_ms();
+  size_t n_eligible = 0;
   for (size_t i = 0; i < n; i++) {
     tg_node *nd = c->nodes[i];
     int e = eligible(c, nd, nd->position >= 0);
     if (e && !nd->was_eligible) nd->eligible_since_ms = now;
     nd->was_eligible = e;
+    n_eligible += e != 0;
     pn[i] = (tg_policy_node){nd->id, e, nd->eligible_since_ms};
   }
+  /* No world and too few nodes to form one: nothing for the policy to do. */
+  if (n_cur == 0 && n_eligible < c->cfg.policy.min_nodes) goto out;
   for (size_t p = 0; p < n_cur; p++) {
     tg_node *m = tg_coord_find_node(c, c->world->nodes[p]->node_id);
     cur[p] = m ? m->slot : TG_POLICY_GONE;
@@ -683,7 +692,7 @@ static void campaign(tg_coord *c) {
 
 static void *ticker_main(void *arg) {
   tg_coord *c = arg;
-  int64_t wake_at = 0;
+  int64_t wake_at = 0, last_decide_ms = 0;
   pthread_mutex_lock(&c->mu);
   while (!c->stopping) {
     if (!c->leader) {
@@ -701,9 +710,11 @@ static void *ticker_main(void *arg) {
     check_liveness(c, now);
     check_quarantines(c);
     int64_t next = 0;
-    if (c->decide_needed || (wake_at && now >= wake_at)) {
+    int due = c->decide_needed || (wake_at && now >= wake_at);
+    if (due && now - last_decide_ms >= DECIDE_MIN_GAP_MS) {
       c->decide_needed = 0;
       wake_at = 0;
+      last_decide_ms = now;
       next = decide(c);
       if (next > 0) wake_at = next;
     }
@@ -716,6 +727,10 @@ static void *ticker_main(void *arg) {
      * handlers signal `wake` when something changes. */
     int64_t sleep_ms = TICK_MS;
     if (wake_at && wake_at - now < sleep_ms) sleep_ms = wake_at - now > 0 ? wake_at - now : 0;
+    if (c->decide_needed) { /* decide again as soon as the gap is over */
+      int64_t gap = last_decide_ms + DECIDE_MIN_GAP_MS - now;
+      if (gap < sleep_ms) sleep_ms = gap > 0 ? gap : 0;
+    }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_nsec += (long)sleep_ms * 1000000L;

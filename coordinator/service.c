@@ -261,15 +261,53 @@ static void on_heartbeat_done(tg_rpc_call *call, int cancelled, void *user) {
 
 /* -------------------------------------------------------------- WatchWorld */
 
+/* Sends the current world to one watcher (mu held). A node gets its own
+ * short update: the header, its position and its ring neighbours; an
+ * observer gets the full world, from `full` when the caller serialized it
+ * once for all observers. */
+static void send_world(tg_coord *c, tg_watcher *w, tg_rpc_payload *full) {
+  Tardigrade__V1__WorldUpdate u = TARDIGRADE__V1__WORLD_UPDATE__INIT;
+  if (!w->node_id[0]) {
+    if (full) {
+      tg_rpc_call_send_payload(w->call, full);
+      return;
+    }
+    u.world = c->world;
+    u.full = 1;
+    u.position = -1;
+    tg_rpc_call_send(w->call, &u.base);
+    return;
+  }
+  tg_node *n = tg_coord_find_node(c, w->node_id);
+  int p = n ? n->position : -1;
+  size_t total = c->world->n_nodes;
+  Tardigrade__V1__WorldNode *buddies[2];
+  size_t n_buddies = 0;
+  if (p >= 0 && total > 1) buddies[n_buddies++] = c->world->nodes[((size_t)p + 1) % total];
+  if (p >= 0 && total > 2) buddies[n_buddies++] = c->world->nodes[((size_t)p + total - 1) % total];
+  Tardigrade__V1__World header = *c->world; /* shallow: only packed, never freed */
+  header.nodes = buddies;
+  header.n_nodes = n_buddies;
+  u.world = &header;
+  u.position = p;
+  tg_rpc_call_send(w->call, &u.base);
+}
+
 void tg_coord_broadcast_world(tg_coord *c) {
   if (!c->world) return;
-  Tardigrade__V1__WorldUpdate u = TARDIGRADE__V1__WORLD_UPDATE__INIT;
-  u.world = c->world;
-  /* Serialized once: at 2,048 nodes a world is ~60 KB and goes to every node. */
-  tg_rpc_payload *p = tg_rpc_payload_new(&u.base);
-  if (!p) return;
-  for (tg_watcher *w = c->watchers; w; w = w->next) tg_rpc_call_send_payload(w->call, p);
-  tg_rpc_payload_free(p);
+  /* Observers share one serialization of the full world (~60 KB at 2,048
+   * nodes); nodes get updates of a few hundred bytes each. */
+  tg_rpc_payload *full = NULL;
+  for (tg_watcher *w = c->watchers; w && !full; w = w->next) {
+    if (w->node_id[0]) continue;
+    Tardigrade__V1__WorldUpdate u = TARDIGRADE__V1__WORLD_UPDATE__INIT;
+    u.world = c->world;
+    u.full = 1;
+    u.position = -1;
+    full = tg_rpc_payload_new(&u.base);
+  }
+  for (tg_watcher *w = c->watchers; w; w = w->next) send_world(c, w, full);
+  tg_rpc_payload_free(full);
 }
 
 static void on_watch_world(tg_rpc_call *call, const ProtobufCMessage *msg, void *user) {
@@ -293,11 +331,7 @@ static void on_watch_world(tg_rpc_call *call, const ProtobufCMessage *msg, void 
   w->next = c->watchers;
   c->watchers = w;
   tg_rpc_call_set_data(call, w);
-  if (c->world && c->world->generation > req->known_generation) {
-    Tardigrade__V1__WorldUpdate u = TARDIGRADE__V1__WORLD_UPDATE__INIT;
-    u.world = c->world;
-    tg_rpc_call_send(call, &u.base);
-  }
+  if (c->world && c->world->generation > req->known_generation) send_world(c, w, NULL);
   pthread_mutex_unlock(&c->mu);
   return;
 refuse:

@@ -117,7 +117,7 @@ static int cmd_status(tg_coord_client *cl) {
     } else {
       printf("generation   none yet (waiting for nodes)\n");
     }
-    printf("nodes        %u total, %u active, %u spare, %u unhealthy\n", r->nodes_total,
+    printf("nodes        %u total, %u active, %u spare, %u unhealthy or lost\n", r->nodes_total,
            r->nodes_active, r->nodes_spare, r->nodes_unhealthy);
     printf("committed    step %" PRIu64 "\n", r->committed_step);
   }

@@ -148,9 +148,7 @@ fail:
 static void take_world(tg_sim_agent *a, const Tardigrade__V1__WorldUpdate *u) {
   if (!u->world) return;
   const Tardigrade__V1__World *w = u->world;
-  int position = -1;
-  for (size_t p = 0; p < w->n_nodes; p++)
-    if (strcmp(w->nodes[p]->node_id, a->node_id) == 0) position = (int)p;
+  int position = u->position;
   pthread_mutex_lock(&a->mu);
   if (w->generation > a->state.generation) {
     a->state.generation = w->generation;
@@ -208,6 +206,9 @@ static void *agent_main(void *arg) {
     if (tg_sim_mono_ms() >= next_heartbeat) {
       next_heartbeat += interval;
       if (tg_sim_mono_ms() > next_heartbeat) next_heartbeat = tg_sim_mono_ms() + interval;
+      pthread_mutex_lock(&a->mu); /* silenced while this thread waited? */
+      silent = a->silent;
+      pthread_mutex_unlock(&a->mu);
       if (!silent && send_heartbeat(a) != 0) close_streams(a);
     }
   }
