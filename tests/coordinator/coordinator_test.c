@@ -284,6 +284,51 @@ static void test_join_min_then_max_with_last_call(void **state) {
   stop_cluster(c);
 }
 
+/* Opens WatchWorld as `node` (NULL: an observer) and returns the first update. */
+static Tardigrade__V1__WorldUpdate *first_update(cluster *c, const char *node, uint64_t incarnation) {
+  char target[64], err[128];
+  snprintf(target, sizeof target, "127.0.0.1:%d", c->port[wait_leader(c)]);
+  tg_rpc_channel *ch = tg_rpc_channel_new(target, NULL, err, sizeof err);
+  tg_rpc_status st = {0};
+  tg_rpc_call_opts o = {.deadline_ms = 5000};
+  tg_rpc_stream *s = tg_rpc_stream_open(ch, "/tardigrade.v1.Coordinator/WatchWorld",
+                                        &tardigrade__v1__world_update__descriptor, &o, &st);
+  assert_non_null(s);
+  Tardigrade__V1__WatchWorldRequest req = TARDIGRADE__V1__WATCH_WORLD_REQUEST__INIT;
+  req.node_id = (char *)(node ? node : "");
+  req.incarnation = incarnation;
+  assert_int_equal(tg_rpc_stream_send(s, &req.base, 2000), 0);
+  ProtobufCMessage *m = NULL;
+  assert_int_equal(tg_rpc_stream_recv(s, &m, 5000, &st), TG_RPC_RECV_MESSAGE);
+  tg_rpc_stream_free(s);
+  tg_rpc_channel_free(ch);
+  return (Tardigrade__V1__WorldUpdate *)m;
+}
+
+static void test_world_updates_observer_and_node(void **state) {
+  cluster *c = start_cluster(1, small);
+  tg_sim_agent *n[3];
+  add_agents(c, n, 3, 2);
+  wait_all(c, n, 3, 1);
+  /* An observer gets the whole membership in position order. */
+  Tardigrade__V1__WorldUpdate *u = first_update(c, NULL, 0);
+  assert_true(u->full);
+  assert_int_equal(u->world->n_nodes, 3);
+  for (size_t p = 0; p < 3; p++) assert_int_equal(u->world->nodes[p]->position, p);
+  tardigrade__v1__world_update__free_unpacked(u, NULL);
+  /* A node gets its position and its two ring neighbours only. */
+  tg_sim_state s1 = state_of(n[1]);
+  u = first_update(c, "n1", s1.incarnation);
+  assert_false(u->full);
+  assert_int_equal(u->position, s1.position);
+  assert_int_equal(u->world->world_size, 6);
+  assert_int_equal(u->world->n_nodes, 2);
+  assert_int_equal(u->world->nodes[0]->position, (uint32_t)(s1.position + 1) % 3);
+  assert_int_equal(u->world->nodes[1]->position, (uint32_t)(s1.position + 2) % 3);
+  tardigrade__v1__world_update__free_unpacked(u, NULL);
+  stop_cluster(c);
+}
+
 static void test_spare_replaces_dead_node(void **state) {
   cluster *c = start_cluster(1, small);
   tg_sim_agent *n[4];
@@ -707,6 +752,7 @@ static int teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_join_min_then_max_with_last_call, teardown_cluster),
+      cmocka_unit_test_teardown(test_world_updates_observer_and_node, teardown_cluster),
       cmocka_unit_test_teardown(test_spare_replaces_dead_node, teardown_cluster),
       cmocka_unit_test_teardown(test_shrink_keeps_granularity_then_grows_back, teardown_cluster),
       cmocka_unit_test_teardown(test_stale_generation_refused, teardown_cluster),
