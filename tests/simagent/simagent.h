@@ -1,17 +1,18 @@
 /* Simulated node agents for coordinator tests and benchmarks.
  *
- * A simulated agent speaks the real Coordinator API exactly as tg-agent
- * does (register, heartbeat stream, world stream, faults, leave, follow
- * the leader, re-register after a broken stream) but runs no trainers and
- * checks no hardware, so one test process can be a whole cluster. Each
- * agent runs on a thread of its own. Tests make nodes "die" by silencing
- * their heartbeats or stopping them without a Leave. */
+ * A simulated agent is tg-agent's own coordinator session (register,
+ * heartbeat stream, world stream, faults, leave, follow the leader,
+ * re-register after a broken stream) with no trainers and no hardware, so
+ * one test process can be a whole cluster. Each agent runs on a thread of
+ * its own. Tests make nodes "die" by silencing them or stopping them
+ * without a Leave. */
 #ifndef TG_SIMAGENT_H
 #define TG_SIMAGENT_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "agent/session/session.h"
 #include "common/rpc/rpc.h"
 
 typedef struct tg_sim_agent tg_sim_agent;
@@ -49,20 +50,8 @@ tg_rpc_code tg_sim_agent_report_fault(tg_sim_agent *a, int kind, int severity, i
 /* Leaves the job gracefully, then stops. */
 tg_rpc_code tg_sim_agent_leave(tg_sim_agent *a, tg_rpc_status *st);
 
-/* What the agent knows. */
-typedef struct {
-  int registered;
-  uint64_t incarnation;
-  uint64_t generation;      /* of the newest world received */
-  uint32_t world_size;
-  int position;             /* in that world, -1 if not a member (spare) */
-  int64_t world_received_ms;/* monotonic time it arrived */
-  uint64_t worlds_received;
-  uint64_t registrations;   /* how many times it (re-)registered */
-  int64_t last_heartbeat_ms;/* monotonic time the last heartbeat was sent */
-  char reason[32];          /* the world's reason */
-  char coordinator[256];    /* the coordinator it talks to */
-} tg_sim_state;
+/* What the agent knows: the session's state (agent/session/session.h). */
+typedef tg_session_state tg_sim_state;
 
 void tg_sim_agent_state(tg_sim_agent *a, tg_sim_state *out);
 
