@@ -1,0 +1,71 @@
+/* Shared by agent.c (lifecycle, session, monitor) and local_service.c (the
+ * trainers' service). Not a public header.
+ *
+ * Locking: tg_agent.mu guards the world, the slots and the pending joins.
+ * Calls to the coordinator (tg_session_*) are made without it. */
+#ifndef TG_AGENT_INTERNAL_H
+#define TG_AGENT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "agent/agent.h"
+#include "agent/progress/progress.h"
+#include "agent/session/session.h"
+#include "proto/tardigrade/v1/agent.pb-c.h"
+#include "proto/tardigrade/v1/coordinator.pb-c.h"
+
+typedef struct {
+  int pid;                        /* of the trainer that joined in this slot, 0: none */
+  uint64_t generation;            /* it joined */
+  int rank;                       /* in that generation, -1: none */
+  int has_progress;
+  Tardigrade__V1__RankProgress progress;
+} tg_agent_slot;
+
+/* A Join waiting for a world in which this node holds ranks. */
+typedef struct tg_pending_join {
+  tg_rpc_call *call;
+  uint32_t slot;
+  uint64_t known_generation;
+  struct tg_pending_join *next;
+} tg_pending_join;
+
+struct tg_agent {
+  tg_agent_config cfg;
+  char advertise[256];
+  tg_session *session;
+  tg_rpc_server *local;           /* the trainers' unix socket */
+  tg_rpc_method local_methods[3];
+
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int stopping;
+  Tardigrade__V1__WorldUpdate *update; /* newest world for this node (owned), NULL before one */
+  tg_agent_slot slots[TG_AGENT_MAX_SLOTS];
+  tg_pending_join *pending;
+
+  tg_progress *detector;          /* hang and straggler detection over the local ranks */
+  pthread_t monitor;
+  int monitor_started;
+
+  /* Heartbeat contents, rebuilt by the session thread before each send. */
+  Tardigrade__V1__HealthReport hb_health;
+  Tardigrade__V1__RankProgress hb_progress[TG_AGENT_MAX_SLOTS];
+  Tardigrade__V1__RankProgress *hb_progress_ptrs[TG_AGENT_MAX_SLOTS];
+};
+
+/* local_service.c */
+int tg_agent_local_register(tg_agent *a, char *err, size_t errlen);
+/* Answers the pending joins that the current world satisfies (mu held). */
+void tg_agent_answer_joins(tg_agent *a);
+/* Ends every pending join (mu held), e.g. on shutdown. */
+void tg_agent_end_joins(tg_agent *a, tg_rpc_code code, const char *why);
+
+/* agent.c */
+int64_t tg_agent_mono_ms(void);
+/* Reports a fault to the coordinator (mu not held); logs it either way. */
+void tg_agent_report(tg_agent *a, int kind, int severity, int rank, const char *detail,
+                     uint64_t collective_seq, const char *op);
+
+#endif

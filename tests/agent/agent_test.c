@@ -1,0 +1,317 @@
+/* Integration tests for tg-agent: a real etcd, real tg-coordinator and
+ * tg-agent processes, and small worker processes that speak the agent's
+ * local service (agent/testdata/worker.c) and wait for each other in a
+ * barrier the way ranks wait in a collective. Each test uses its own job. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+
+#include "common/log/log.h"
+#include "tests/harness/etcd_cluster.h"
+#include "tests/harness/proc.h"
+
+#define WAIT_MS 20000
+#define MAX_AGENTS 4
+#define MAX_WORKERS 8
+
+static tg_etcd_cluster *etcd;
+static char tmpdir[512];
+static char sockdir[64]; /* unix socket paths must stay under 108 bytes */
+static int job_counter;
+
+typedef struct {
+  char job[32];
+  tg_proc *coord[2];
+  int coord_port[2];
+  int n_coords;
+  char coordinators[128];
+  tg_proc *agent[MAX_AGENTS];
+  char sock[MAX_AGENTS][600];
+  int slots;
+  tg_proc *worker[MAX_WORKERS];
+  char barrier[600];
+  int stopped;
+} cluster;
+
+static cluster the_cluster; /* static: teardown needs it after a failed assertion */
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void start_coordinator(cluster *c, int i, int min, int max) {
+  char listen[64], id[16], log[700], smin[8], smax[8], slots[8];
+  if (!c->coord_port[i]) c->coord_port[i] = tg_proc_free_port();
+  snprintf(listen, sizeof listen, "127.0.0.1:%d", c->coord_port[i]);
+  snprintf(id, sizeof id, "c%d", i);
+  snprintf(log, sizeof log, "%s/%s-%s.log", tmpdir, c->job, id);
+  snprintf(smin, sizeof smin, "%d", min);
+  snprintf(smax, sizeof smax, "%d", max);
+  snprintf(slots, sizeof slots, "%d", c->slots);
+  const char *argv[] = {"coordinator/tg-coordinator", "--job", c->job, "--id", id, "--listen", listen,
+                        "--etcd", tg_etcd_cluster_endpoints(etcd), "--min-nodes", smin, "--max-nodes",
+                        smax, "--slots", slots, "--heartbeat-interval-ms", "100",
+                        "--heartbeat-timeout-ms", "1000", "--leader-ttl-s", "1", "--last-call-ms", "200",
+                        "--quarantine-faults", "0", NULL};
+  char err[256];
+  c->coord[i] = tg_proc_start(argv, log, err, sizeof err);
+  assert_non_null(c->coord[i]);
+}
+
+static cluster *start_cluster(int n_coords, int min, int max, int slots) {
+  cluster *c = &the_cluster;
+  memset(c, 0, sizeof *c);
+  snprintf(c->job, sizeof c->job, "ajob%d-%d", job_counter++, (int)getpid());
+  c->slots = slots;
+  c->n_coords = n_coords;
+  for (int i = 0; i < n_coords; i++) start_coordinator(c, i, min, max);
+  if (n_coords == 1)
+    snprintf(c->coordinators, sizeof c->coordinators, "127.0.0.1:%d", c->coord_port[0]);
+  else
+    snprintf(c->coordinators, sizeof c->coordinators, "127.0.0.1:%d,127.0.0.1:%d", c->coord_port[0],
+             c->coord_port[1]);
+  snprintf(c->barrier, sizeof c->barrier, "%s/%s-barrier", tmpdir, c->job);
+  assert_int_equal(mkdir(c->barrier, 0755), 0);
+  return c;
+}
+
+static void start_agent(cluster *c, int i) {
+  char node[16], log[700], slots[8];
+  snprintf(node, sizeof node, "node%d", i);
+  snprintf(c->sock[i], sizeof c->sock[i], "%s/%s-%s.sock", sockdir, c->job, node);
+  snprintf(log, sizeof log, "%s/%s-%s.log", tmpdir, c->job, node);
+  snprintf(slots, sizeof slots, "%d", c->slots);
+  const char *argv[] = {"agent/tg-agent", "--node", node, "--job", c->job, "--coordinators",
+                        c->coordinators, "--socket", c->sock[i], "--slots", slots, "--hang-factor", "5",
+                        "--hang-floor-ms", "500", "--hang-ceiling-ms", "3000", "--log-level", "debug", NULL};
+  char err[256];
+  c->agent[i] = tg_proc_start(argv, log, err, sizeof err);
+  assert_non_null(c->agent[i]);
+}
+
+/* Worker w runs in slot w % slots of agent w / slots. */
+static void start_worker(cluster *c, int w) {
+  char env_sock[700], env_slot[32], env_bar[700], log[700];
+  snprintf(env_sock, sizeof env_sock, "TG_AGENT_SOCKET=%s", c->sock[w / c->slots]);
+  snprintf(env_slot, sizeof env_slot, "TG_SLOT=%d", w % c->slots);
+  snprintf(env_bar, sizeof env_bar, "TG_BARRIER_DIR=%s", c->barrier);
+  snprintf(log, sizeof log, "%s/%s-worker%d.log", tmpdir, c->job, w);
+  const char *argv[] = {"/usr/bin/env", env_sock, env_slot, env_bar, "agent/test_worker", "50", NULL};
+  char err[256];
+  c->worker[w] = tg_proc_start(argv, log, err, sizeof err);
+  assert_non_null(c->worker[w]);
+}
+
+/* The rank worker w holds in generation >= gen (from its log), or -1. */
+static int worker_rank(cluster *c, int w, uint64_t gen) {
+  FILE *f = fopen(tg_proc_log_path(c->worker[w]), "r");
+  if (!f) return -1;
+  char line[256];
+  int rank = -1;
+  while (fgets(line, sizeof line, f)) {
+    int r, size;
+    unsigned long long g;
+    const char *p = strstr(line, ": rank ");
+    if (p && sscanf(p, ": rank %d of %d in generation %llu", &r, &size, &g) == 3 && g >= gen) rank = r;
+  }
+  fclose(f);
+  return rank;
+}
+
+static void wait_worker_ranks(cluster *c, int n, uint64_t gen) {
+  int64_t deadline = mono_ms() + WAIT_MS;
+  for (int w = 0; w < n; w++) {
+    while (worker_rank(c, w, gen) < 0) {
+      if (mono_ms() > deadline) fail_msg("worker %d never joined generation %llu", w, (unsigned long long)gen);
+      usleep(20000);
+    }
+  }
+}
+
+/* tgctl against the job; output in out, exit code returned. */
+static int tgctl(cluster *c, char *out, size_t outlen, const char *a1, const char *a2) {
+  const char *argv[] = {"coordinator/tgctl", "--coordinator", c->coordinators, a1, a2, NULL};
+  int status = 0;
+  assert_int_equal(tg_proc_run(argv, NULL, 10000, out, outlen, &status), 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Ranks named by HANG faults, as a bitmask; waits until at least one. */
+static unsigned hang_ranks(cluster *c, int64_t wait_ms) {
+  static char out[1 << 16];
+  int64_t deadline = mono_ms() + wait_ms;
+  unsigned ranks = 0;
+  do {
+    if (tgctl(c, out, sizeof out, "--json", "faults") == 0) {
+      cJSON *j = cJSON_Parse(out);
+      for (int i = 0; j && i < cJSON_GetArraySize(j); i++) {
+        cJSON *f = cJSON_GetArrayItem(j, i);
+        if (strcmp(cJSON_GetObjectItem(f, "kind")->valuestring, "HANG") != 0) continue;
+        int r = (int)cJSON_GetObjectItem(f, "rank")->valuedouble;
+        ranks |= r >= 0 && r < 31 ? 1u << r : 1u << 31;
+      }
+      cJSON_Delete(j);
+    }
+    if (ranks) return ranks;
+    usleep(100000);
+  } while (mono_ms() < deadline);
+  return ranks;
+}
+
+/* Stops everything the test started; dumps the daemons' logs when the
+ * test failed (teardown_cluster runs after a failed assertion). */
+static void stop_cluster(int dump) {
+  cluster *c = &the_cluster;
+  if (c->stopped) return;
+  c->stopped = 1;
+  for (int w = 0; w < MAX_WORKERS; w++) {
+    if (!c->worker[w]) continue;
+    tg_proc_signal(c->worker[w], SIGKILL);
+    tg_proc_free(c->worker[w]);
+  }
+  for (int i = 0; i < MAX_AGENTS; i++) {
+    if (!c->agent[i]) continue;
+    tg_proc_stop(c->agent[i], 3000);
+    if (dump) tg_proc_dump_log(c->agent[i], 3000);
+    tg_proc_free(c->agent[i]);
+  }
+  for (int i = 0; i < c->n_coords; i++) {
+    if (!c->coord[i]) continue;
+    tg_proc_stop(c->coord[i], 3000);
+    if (dump) tg_proc_dump_log(c->coord[i], 3000);
+    tg_proc_free(c->coord[i]);
+  }
+}
+
+static int teardown_cluster(void **state) {
+  stop_cluster(1);
+  return 0;
+}
+
+/* ------------------------------------------------------------- tests */
+
+static void test_sigstop_names_the_culprit(void **state) {
+  cluster *c = start_cluster(1, 2, 2, 2);
+  start_agent(c, 0);
+  start_agent(c, 1);
+  for (int w = 0; w < 4; w++) start_worker(c, w);
+  wait_worker_ranks(c, 4, 1);
+  usleep(1500000); /* a few dozen steps: the detector learns the step time */
+  assert_int_equal(hang_ranks(c, 0), 0);
+  int culprit = worker_rank(c, 1, 1);
+  tg_proc_signal(c->worker[1], SIGSTOP);
+  unsigned named = hang_ranks(c, WAIT_MS);
+  tg_proc_signal(c->worker[1], SIGCONT);
+  if (named != 1u << culprit)
+    fail_msg("HANG faults named ranks 0x%x; expected only rank %d (the stopped worker)", named, culprit);
+  stop_cluster(0);
+}
+
+static void test_agent_restart_rejoins_as_same_node(void **state) {
+  cluster *c = start_cluster(1, 1, 2, 1);
+  start_agent(c, 0);
+  start_agent(c, 1);
+  start_worker(c, 0);
+  start_worker(c, 1);
+  wait_worker_ranks(c, 2, 1);
+  /* kill -9 the agent of node1 and start it again under the same id. */
+  tg_proc_signal(c->agent[1], SIGKILL);
+  tg_proc_wait(c->agent[1], 5000, NULL);
+  tg_proc_free(c->agent[1]);
+  start_agent(c, 1);
+  static char out[1 << 14];
+  int64_t deadline = mono_ms() + WAIT_MS;
+  int ok = 0;
+  while (!ok && mono_ms() < deadline) {
+    usleep(200000);
+    if (tgctl(c, out, sizeof out, "--json", "nodes") != 0) continue;
+    cJSON *j = cJSON_Parse(out);
+    int active = 0, n = j ? cJSON_GetArraySize(j) : 0;
+    for (int i = 0; i < n; i++)
+      active += strcmp(cJSON_GetObjectItem(cJSON_GetArrayItem(j, i), "state")->valuestring, "ACTIVE") == 0;
+    cJSON_Delete(j);
+    assert_true(n <= 2); /* the same node, never a second one */
+    ok = n == 2 && active == 2;
+  }
+  if (!ok) fail_msg("node1 did not come back as the same node: %s", out);
+  stop_cluster(0);
+}
+
+static void test_agent_follows_coordinator_failover(void **state) {
+  cluster *c = start_cluster(2, 2, 2, 1);
+  start_agent(c, 0);
+  start_agent(c, 1);
+  start_worker(c, 0);
+  start_worker(c, 1);
+  wait_worker_ranks(c, 2, 1);
+  static char out[1 << 14];
+  assert_int_equal(tgctl(c, out, sizeof out, "status", NULL), 0);
+  int leader = strstr(out, "leader       c0") ? 0 : 1;
+  tg_proc_signal(c->coord[leader], SIGKILL);
+  tg_proc_wait(c->coord[leader], 5000, NULL);
+  /* The standby leads; both agents found it: two live nodes. */
+  int64_t deadline = mono_ms() + WAIT_MS;
+  int ok = 0;
+  while (!ok && mono_ms() < deadline) {
+    usleep(200000);
+    if (tgctl(c, out, sizeof out, "--json", "nodes") != 0) continue;
+    cJSON *j = cJSON_Parse(out);
+    int active = 0;
+    for (int i = 0; j && i < cJSON_GetArraySize(j); i++) {
+      cJSON *n = cJSON_GetArrayItem(j, i);
+      active += strcmp(cJSON_GetObjectItem(n, "state")->valuestring, "ACTIVE") == 0;
+    }
+    cJSON_Delete(j);
+    ok = active == 2;
+  }
+  /* Stay a while: heartbeats keep reaching the new leader (no node is lost). */
+  usleep(1500000);
+  assert_int_equal(tgctl(c, out, sizeof out, "status", NULL), 0);
+  if (!ok || !strstr(out, "2 active")) fail_msg("agents did not follow the new leader: %s", out);
+  stop_cluster(0);
+}
+
+static int setup(void **state) {
+  char err[256];
+  tg_log_init("agent_test", TG_LOG_WARN);
+  if (tg_proc_temp_dir("agent", tmpdir, sizeof tmpdir) != 0) return -1;
+  snprintf(sockdir, sizeof sockdir, "/tmp/tg-agent-test-XXXXXX");
+  if (!mkdtemp(sockdir)) return -1;
+  etcd = tg_etcd_cluster_start(1, err, sizeof err);
+  if (!etcd) {
+    fprintf(stderr, "etcd: %s\n", err);
+    return -1;
+  }
+  return 0;
+}
+
+static int teardown(void **state) {
+  tg_etcd_cluster_free(etcd);
+  const char *argv[] = {"/bin/rm", "-rf", sockdir, NULL};
+  int status;
+  tg_proc_run(argv, NULL, 5000, NULL, 0, &status);
+  return 0;
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_teardown(test_sigstop_names_the_culprit, teardown_cluster),
+      cmocka_unit_test_teardown(test_agent_restart_rejoins_as_same_node, teardown_cluster),
+      cmocka_unit_test_teardown(test_agent_follows_coordinator_failover, teardown_cluster),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
