@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,7 +69,10 @@ static int64_t mono_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-tg_proc *tg_proc_start(const char *const *argv, const char *log_path, char *err, size_t errlen) {
+/* Starts a child; netns_fd >= 0 makes it join that network namespace
+ * before exec (see tg_proc_start_in_netns). */
+static tg_proc *start_child(const char *const *argv, const char *log_path, int netns_fd, char *err,
+                            size_t errlen) {
   pthread_once(&atexit_once, register_atexit);
   tg_proc *p = calloc(1, sizeof *p);
   if (!p) {
@@ -98,6 +102,10 @@ tg_proc *tg_proc_start(const char *const *argv, const char *log_path, char *err,
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull >= 0) dup2(devnull, STDIN_FILENO);
     setpgid(0, 0);
+    if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) != 0) {
+      dprintf(STDERR_FILENO, "setns: %s\n", strerror(errno));
+      _exit(127);
+    }
     execvp(argv[0], (char *const *)argv);
     dprintf(STDERR_FILENO, "exec %s: %s\n", argv[0], strerror(errno));
     _exit(127);
@@ -105,6 +113,27 @@ tg_proc *tg_proc_start(const char *const *argv, const char *log_path, char *err,
   close(fd);
   p->pid = pid;
   track(pid, 1);
+  return p;
+}
+
+tg_proc *tg_proc_start(const char *const *argv, const char *log_path, char *err, size_t errlen) {
+  return start_child(argv, log_path, -1, err, errlen);
+}
+
+tg_proc *tg_proc_start_in_netns(const char *netns, const char *const *argv, const char *log_path,
+                                char *err, size_t errlen) {
+  char path[512];
+  if (strchr(netns, '/'))
+    snprintf(path, sizeof path, "%s", netns);
+  else
+    snprintf(path, sizeof path, "/var/run/netns/%s", netns);
+  int ns = open(path, O_RDONLY | O_CLOEXEC);
+  if (ns < 0) {
+    snprintf(err, errlen, "network namespace %s: %s", path, strerror(errno));
+    return NULL;
+  }
+  tg_proc *p = start_child(argv, log_path, ns, err, errlen);
+  close(ns);
   return p;
 }
 

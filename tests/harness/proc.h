@@ -19,6 +19,12 @@ typedef struct tg_proc tg_proc;
  * terminated), output appended to log_path. NULL with a reason on failure. */
 tg_proc *tg_proc_start(const char *const *argv, const char *log_path, char *err, size_t errlen);
 
+/* The same, but the child joins network namespace `netns` before exec: a
+ * name made by `ip netns add` (looked up under /var/run/netns) or a path to
+ * a namespace file. Needs CAP_SYS_ADMIN (root). See tests/harness/netns.h. */
+tg_proc *tg_proc_start_in_netns(const char *netns, const char *const *argv, const char *log_path,
+                                char *err, size_t errlen);
+
 pid_t tg_proc_pid(const tg_proc *p);
 const char *tg_proc_log_path(const tg_proc *p);
 
