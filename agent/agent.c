@@ -7,6 +7,7 @@
 #include "agent/agent.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,7 +42,7 @@ void tg_agent_config_defaults(tg_agent_config *cfg) {
 }
 
 void tg_agent_report(tg_agent *a, int kind, int severity, int rank, const char *detail,
-                     uint64_t collective_seq, const char *op) {
+                     uint64_t collective_seq, const char *op, const char *component) {
   Tardigrade__V1__Fault f = TARDIGRADE__V1__FAULT__INIT;
   f.kind = kind;
   f.severity = severity;
@@ -49,7 +50,7 @@ void tg_agent_report(tg_agent *a, int kind, int severity, int rank, const char *
   f.detail = (char *)(detail ? detail : "");
   f.collective_seq = collective_seq;
   f.collective_op = (char *)(op ? op : "");
-  f.detected_unix_ms = 0;
+  f.component = (char *)(component ? component : "");
   const ProtobufCEnumValue *k = protobuf_c_enum_descriptor_get_value(&tardigrade__v1__fault_kind__descriptor, kind);
   TG_WARN("fault %s on rank %d: %s", k ? k->name : "?", rank, f.detail);
   tg_rpc_status st = {0};
@@ -68,6 +69,38 @@ static Tardigrade__V1__WorldUpdate *copy_update(const Tardigrade__V1__WorldUpdat
   Tardigrade__V1__WorldUpdate *copy = tardigrade__v1__world_update__unpack(NULL, len, buf);
   free(buf);
   return copy;
+}
+
+/* The buddies of the new world are the peers to probe (session thread). */
+static void probe_buddies(tg_agent *a, const Tardigrade__V1__WorldUpdate *u) {
+  if (!a->prober) return;
+  tg_probe_peer peers[8];
+  size_t n = 0;
+  for (size_t i = 0; u->world && i < u->world->n_nodes && n < 8; i++) {
+    const Tardigrade__V1__WorldNode *wn = u->world->nodes[i];
+    if (strcmp(wn->node_id, a->cfg.node_id) == 0 || !wn->address[0]) continue;
+    peers[n].node_id = wn->node_id;
+    peers[n].address = wn->address;
+    n++;
+  }
+  char err[256];
+  if (tg_prober_set_peers(a->prober, peers, n, err, sizeof err) != 0)
+    TG_WARN("cannot probe the new buddies: %s", err);
+}
+
+/* A probe verdict about a buddy: evidence against the peer or the link,
+ * not against this node, so it is reported as a warning naming the peer
+ * (the coordinator's heartbeats decide whether the peer is gone). */
+static void on_probe_event(const tg_probe_event *ev, void *user) {
+  tg_agent *a = user;
+  char line[400];
+  tg_probe_event_format(ev, line, sizeof line);
+  if (ev->cleared) {
+    TG_INFO("%s", line);
+    return;
+  }
+  tg_agent_report(a, ev->kind, TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING, -1, line, 0, NULL,
+                  ev->peer.node_id);
 }
 
 static void on_world(const Tardigrade__V1__WorldUpdate *u, void *user) {
@@ -92,6 +125,7 @@ static void on_world(const Tardigrade__V1__WorldUpdate *u, void *user) {
   tg_agent_answer_joins(a);
   pthread_cond_broadcast(&a->cv);
   pthread_mutex_unlock(&a->mu);
+  probe_buddies(a, u);
 }
 
 /* Runs on the session thread: the heartbeat carries the ranks' progress. */
@@ -113,6 +147,43 @@ static void fill_heartbeat(Tardigrade__V1__HeartbeatRequest *hb, void *user) {
   hb->progress = a->hb_progress_ptrs;
 }
 
+/* ------------------------------------------------------------- trainers */
+
+/* The rank a slot holds in the current world, -1 if none (mu held). */
+static int slot_rank(tg_agent *a, int slot) {
+  if (slot < 0 || slot >= a->cfg.slots || !a->update || a->update->position < 0 ||
+      !a->update->world || a->update->world->world_size == 0)
+    return -1;
+  return a->update->position * (int)a->cfg.slots + slot;
+}
+
+/* A trainer exited (supervisor thread): report it at once, with how. */
+static void on_trainer_exit(int slot, pid_t pid, int exit_code, int sig, int will_restart, void *user) {
+  tg_agent *a = user;
+  pthread_mutex_lock(&a->mu);
+  int rank = slot_rank(a, slot);
+  a->slots[slot].pid = 0;
+  pthread_mutex_unlock(&a->mu);
+  char detail[200];
+  if (sig)
+    snprintf(detail, sizeof detail, "trainer pid %d in slot %d killed by signal %d (%s)%s", (int)pid, slot, sig,
+             strsignal(sig), will_restart ? "; restarting it" : "; restart budget spent");
+  else
+    snprintf(detail, sizeof detail, "trainer pid %d in slot %d exited with code %d%s", (int)pid, slot,
+             exit_code, will_restart ? "; restarting it" : "; restart budget spent");
+  Tardigrade__V1__Fault f = TARDIGRADE__V1__FAULT__INIT;
+  f.kind = TARDIGRADE__V1__FAULT_KIND__FAULT_TRAINER_EXIT;
+  f.severity = TARDIGRADE__V1__SEVERITY__SEVERITY_ERROR;
+  f.rank = rank;
+  f.detail = detail;
+  f.exit_code = exit_code;
+  f.signal = sig;
+  TG_WARN("%s", detail);
+  tg_rpc_status st = {0};
+  if (tg_session_report_fault(a->session, &f, 0, &st) != TG_RPC_OK)
+    TG_WARN("could not report it to the coordinator: %s", st.message);
+}
+
 /* ----------------------------------------------------------- the monitor */
 
 /* Every MONITOR_MS: run the hang and straggler detector over local ranks. */
@@ -126,10 +197,7 @@ static void *monitor_main(void *arg) {
                       (int64_t)a->update->world->world_size == a->cfg.slots;
     for (int i = 0; i < n; i++) {
       int slot = ev[i].rank;
-      /* The slot's rank in the current world, joined or not. */
-      int rank = slot >= 0 && slot < a->cfg.slots && a->update && a->update->position >= 0
-                     ? a->update->position * (int)a->cfg.slots + slot
-                     : -1;
+      int rank = slot_rank(a, slot); /* in the current world, joined or not */
       int hang = ev[i].kind == TG_PROGRESS_HANG;
       if (hang && slot < 0 && !whole_world) {
         /* Every local rank waits in the same collective: they are victims
@@ -145,7 +213,10 @@ static void *monitor_main(void *arg) {
                            : TARDIGRADE__V1__FAULT_KIND__FAULT_STRAGGLER,
                       hang ? TARDIGRADE__V1__SEVERITY__SEVERITY_ERROR
                            : TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING,
-                      rank, detail, ev[i].seq, ev[i].op);
+                      rank, detail, ev[i].seq, ev[i].op, NULL);
+      /* A hung trainer this agent supervises is killed, so that it is
+       * restarted and re-joins the next generation. */
+      if (hang && slot >= 0 && a->supervisor) tg_supervisor_signal(a->supervisor, slot, SIGKILL);
       pthread_mutex_lock(&a->mu);
     }
     struct timespec ts;
@@ -196,6 +267,19 @@ tg_agent *tg_agent_new(const tg_agent_config *cfg, char *err, size_t errlen) {
   a->detector = tg_progress_new(&pc, err, errlen);
   if (!a->detector) goto fail;
 
+  /* The peer service for other agents (probes), on TCP. */
+  a->peer = tg_rpc_server_new(NULL, err, errlen);
+  if (!a->peer) goto fail;
+  a->probe_service = tg_probe_register_service(a->peer, cfg->node_id, err, errlen);
+  if (!a->probe_service) goto fail;
+  int port = tg_rpc_server_listen(a->peer, cfg->listen, NULL, err, errlen);
+  if (port < 0) goto fail;
+  if (!cfg->advertise[0]) { /* with port 0, tell the others the port bound */
+    const char *colon = strrchr(cfg->listen, ':');
+    snprintf(a->advertise, sizeof a->advertise, "%.*s:%d", colon ? (int)(colon - cfg->listen) : 0,
+             cfg->listen, port);
+  }
+
   /* The trainers' socket: a stale file from a crashed agent is replaced. */
   char address[300];
   snprintf(address, sizeof address, "unix:%s", cfg->socket_path);
@@ -210,8 +294,39 @@ fail:
   return NULL;
 }
 
+/* One trainer per slot, told where the agent is through the environment. */
+static int start_trainers(tg_agent *a, char *err, size_t errlen) {
+  char sock[300], node[100], job[100];
+  snprintf(sock, sizeof sock, "TG_AGENT_SOCKET=%s", a->cfg.socket_path);
+  snprintf(node, sizeof node, "TG_NODE_ID=%s", a->cfg.node_id);
+  snprintf(job, sizeof job, "TG_JOB=%s", a->cfg.job_id);
+  const char *env[] = {sock, node, job, NULL};
+  tg_supervisor_config sc = {.argv = a->cfg.trainer_argv,
+                             .slots = (int)a->cfg.slots,
+                             .env = env,
+                             .log_dir = a->cfg.log_dir[0] ? a->cfg.log_dir : NULL,
+                             .max_restarts = (int)a->cfg.restart_max,
+                             .restart_window_ms = a->cfg.restart_window_ms,
+                             .restart_backoff_ms = 100,
+                             .on_exit = on_trainer_exit,
+                             .user = a};
+  a->supervisor = tg_supervisor_new(&sc, err, errlen);
+  if (!a->supervisor) return -1;
+  return tg_supervisor_start(a->supervisor, err, errlen);
+}
+
 int tg_agent_start(tg_agent *a, char *err, size_t errlen) {
-  if (tg_rpc_server_start(a->local, err, errlen) != 0) return -1;
+  if (tg_rpc_server_start(a->local, err, errlen) != 0 || tg_rpc_server_start(a->peer, err, errlen) != 0)
+    return -1;
+  if (a->cfg.probe_period_ms > 0) {
+    tg_prober_config pc = {.node_id = a->cfg.node_id,
+                           .period_ms = a->cfg.probe_period_ms,
+                           .timeout_ms = a->cfg.probe_period_ms / 2 > 50 ? a->cfg.probe_period_ms / 2 : 50,
+                           .on_event = on_probe_event,
+                           .user = a};
+    a->prober = tg_prober_new(&pc, err, errlen);
+    if (!a->prober) return -1;
+  }
   Tardigrade__V1__NodeInfo info = TARDIGRADE__V1__NODE_INFO__INIT;
   char hostname[256] = "";
   gethostname(hostname, sizeof hostname - 1);
@@ -234,8 +349,9 @@ int tg_agent_start(tg_agent *a, char *err, size_t errlen) {
     return -1;
   }
   a->monitor_started = 1;
-  TG_INFO("agent for node %s (job %s): trainers' socket %s, coordinators %s", a->cfg.node_id,
-          a->cfg.job_id, a->cfg.socket_path, a->cfg.coordinators);
+  if (a->cfg.trainer_argv && start_trainers(a, err, errlen) != 0) return -1;
+  TG_INFO("agent for node %s (job %s): trainers' socket %s, peers reach it at %s, coordinators %s",
+          a->cfg.node_id, a->cfg.job_id, a->cfg.socket_path, a->advertise, a->cfg.coordinators);
   return 0;
 }
 
@@ -250,6 +366,7 @@ static void stop_threads(tg_agent *a) {
 }
 
 void tg_agent_drain(tg_agent *a) {
+  if (a->supervisor) tg_supervisor_stop(a->supervisor, 5000);
   stop_threads(a);
   if (a->session) {
     tg_rpc_status st = {0};
@@ -259,9 +376,13 @@ void tg_agent_drain(tg_agent *a) {
 
 void tg_agent_free(tg_agent *a) {
   if (!a) return;
+  if (a->supervisor) tg_supervisor_free(a->supervisor); /* stops the trainers */
   stop_threads(a);
   if (a->session) tg_session_free(a->session);
+  if (a->prober) tg_prober_free(a->prober);
   if (a->local) tg_rpc_server_free(a->local, 1000);
+  if (a->peer) tg_rpc_server_free(a->peer, 1000);
+  tg_probe_service_free(a->probe_service); /* after its server */
   if (a->cfg.socket_path[0]) unlink(a->cfg.socket_path);
   tg_progress_free(a->detector);
   if (a->update) tardigrade__v1__world_update__free_unpacked(a->update, NULL);

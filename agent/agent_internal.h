@@ -10,6 +10,8 @@
 #include <stdint.h>
 
 #include "agent/agent.h"
+#include "agent/probe/probe.h"
+#include "agent/supervisor/supervisor.h"
 #include "agent/progress/progress.h"
 #include "agent/session/session.h"
 #include "proto/tardigrade/v1/agent.pb-c.h"
@@ -37,6 +39,10 @@ struct tg_agent {
   tg_session *session;
   tg_rpc_server *local;           /* the trainers' unix socket */
   tg_rpc_method local_methods[3];
+  tg_rpc_server *peer;            /* other agents: probes (TCP, cfg.listen) */
+  tg_probe_service *probe_service;
+  tg_prober *prober;              /* probes the buddies of the current world */
+  tg_supervisor *supervisor;      /* the trainer processes, when the agent starts them */
 
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -66,6 +72,6 @@ void tg_agent_end_joins(tg_agent *a, tg_rpc_code code, const char *why);
 int64_t tg_agent_mono_ms(void);
 /* Reports a fault to the coordinator (mu not held); logs it either way. */
 void tg_agent_report(tg_agent *a, int kind, int severity, int rank, const char *detail,
-                     uint64_t collective_seq, const char *op);
+                     uint64_t collective_seq, const char *op, const char *component);
 
 #endif

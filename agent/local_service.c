@@ -154,7 +154,7 @@ static void on_trainer_fault(tg_rpc_call *call, const ProtobufCMessage *msg, voi
   const Tardigrade__V1__TrainerFaultRequest *req = (const Tardigrade__V1__TrainerFaultRequest *)msg;
   const Tardigrade__V1__Fault *f = req->fault;
   if (req->slot >= (uint32_t)a->cfg.slots || !f || strlen(f->detail) >= MAX_TEXT ||
-      strlen(f->collective_op) >= 64 ||
+      strlen(f->collective_op) >= 64 || strlen(f->component) >= 256 ||
       !protobuf_c_enum_descriptor_get_value(&tardigrade__v1__fault_kind__descriptor, f->kind) ||
       f->severity < TARDIGRADE__V1__SEVERITY__SEVERITY_INFO ||
       f->severity > TARDIGRADE__V1__SEVERITY__SEVERITY_FATAL) {
@@ -166,7 +166,8 @@ static void on_trainer_fault(tg_rpc_call *call, const ProtobufCMessage *msg, voi
   pthread_mutex_lock(&a->mu);
   int rank = a->slots[req->slot].rank;
   pthread_mutex_unlock(&a->mu);
-  tg_agent_report(a, f->kind, f->severity, rank, f->detail, f->collective_seq, f->collective_op);
+  tg_agent_report(a, f->kind, f->severity, rank, f->detail, f->collective_seq, f->collective_op,
+                  f->component);
   Tardigrade__V1__TrainerFaultResponse r = TARDIGRADE__V1__TRAINER_FAULT_RESPONSE__INIT;
   tg_rpc_call_finish(call, TG_RPC_OK, NULL, &r.base);
 }

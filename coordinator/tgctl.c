@@ -193,6 +193,10 @@ static int cmd_faults(tg_coord_client *cl) {
       cJSON_AddNumberToObject(j, "generation", (double)f->generation);
       cJSON_AddStringToObject(j, "detail", f->detail);
       cJSON_AddNumberToObject(j, "detected_unix_ms", (double)f->detected_unix_ms);
+      cJSON_AddNumberToObject(j, "exit_code", f->exit_code);
+      cJSON_AddNumberToObject(j, "signal", f->signal);
+      cJSON_AddNumberToObject(j, "collective_seq", (double)f->collective_seq);
+      cJSON_AddStringToObject(j, "component", f->component);
       cJSON_AddItemToArray(arr, j);
     } else {
       printf("%-20s %-18s %-8s %-16s %-5d %-4" PRIu64 " %s\n", f->fault_id, kind_name(f->kind),

@@ -89,18 +89,91 @@ static cluster *start_cluster(int n_coords, int min, int max, int slots) {
   return c;
 }
 
-static void start_agent(cluster *c, int i) {
-  char node[16], log[700], slots[8];
+/* tgctl against the job; output in out, exit code returned. */
+static int tgctl(cluster *c, char *out, size_t outlen, const char *a1, const char *a2) {
+  const char *argv[] = {"coordinator/tgctl", "--coordinator", c->coordinators, a1, a2, NULL};
+  int status = 0;
+  assert_int_equal(tg_proc_run(argv, NULL, 10000, out, outlen, &status), 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* An agent; with `supervised`, it starts the workers itself (one per slot). */
+static void start_agent_opts(cluster *c, int i, int supervised) {
+  char node[16], log[700], slots[8], env_bar[700], logdir[700];
   snprintf(node, sizeof node, "node%d", i);
   snprintf(c->sock[i], sizeof c->sock[i], "%s/%s-%s.sock", sockdir, c->job, node);
   snprintf(log, sizeof log, "%s/%s-%s.log", tmpdir, c->job, node);
   snprintf(slots, sizeof slots, "%d", c->slots);
-  const char *argv[] = {"agent/tg-agent", "--node", node, "--job", c->job, "--coordinators",
-                        c->coordinators, "--socket", c->sock[i], "--slots", slots, "--hang-factor", "5",
-                        "--hang-floor-ms", "500", "--hang-ceiling-ms", "3000", "--log-level", "debug", NULL};
+  snprintf(env_bar, sizeof env_bar, "TG_BARRIER_DIR=%s", c->barrier);
+  snprintf(logdir, sizeof logdir, "%s/%s-%s-trainers", tmpdir, c->job, node);
+  mkdir(logdir, 0755);
+  const char *argv[40] = {"/usr/bin/env", env_bar, "agent/tg-agent", "--node", node, "--job", c->job,
+                          "--coordinators", c->coordinators, "--socket", c->sock[i], "--slots", slots,
+                          "--hang-factor", "5", "--hang-floor-ms", "500", "--hang-ceiling-ms", "3000",
+                          "--log-dir", logdir, "--log-level", "debug", NULL};
+  if (supervised) {
+    int n = 0;
+    while (argv[n]) n++;
+    argv[n++] = "--";
+    argv[n++] = "agent/test_worker";
+    argv[n++] = "50";
+    argv[n] = NULL;
+  }
   char err[256];
   c->agent[i] = tg_proc_start(argv, log, err, sizeof err);
   assert_non_null(c->agent[i]);
+}
+
+static void start_agent(cluster *c, int i) { start_agent_opts(c, i, 0); }
+
+/* The pid of the newest worker that joined in `slot` of agent i (from the
+ * trainers' log the agent writes), or 0. */
+static int supervised_pid(cluster *c, int i, int slot) {
+  char path[800];
+  snprintf(path, sizeof path, "%s/%s-node%d-trainers/slot-%d.log", tmpdir, c->job, i, slot);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  char line[256];
+  int pid = 0;
+  while (fgets(line, sizeof line, f)) {
+    int p;
+    if (sscanf(line, "worker pid %d", &p) == 1) pid = p;
+  }
+  fclose(f);
+  return pid;
+}
+
+static int wait_supervised_pid(cluster *c, int i, int slot, int not_pid) {
+  int64_t deadline = mono_ms() + WAIT_MS;
+  while (mono_ms() < deadline) {
+    int pid = supervised_pid(c, i, slot);
+    if (pid > 0 && pid != not_pid) return pid;
+    usleep(20000);
+  }
+  fail_msg("no worker (other than pid %d) joined in slot %d of node%d", not_pid, slot, i);
+  return 0;
+}
+
+/* The first fault of `kind` in the leader's log (tgctl --json), waited for. */
+static cJSON *wait_fault(cluster *c, const char *kind, cJSON **all) {
+  static char out[1 << 16];
+  int64_t deadline = mono_ms() + WAIT_MS;
+  while (mono_ms() < deadline) {
+    if (tgctl(c, out, sizeof out, "--json", "faults") == 0) {
+      cJSON *j = cJSON_Parse(out);
+      for (int i = 0; j && i < cJSON_GetArraySize(j); i++) {
+        cJSON *f = cJSON_GetArrayItem(j, i);
+        if (strcmp(cJSON_GetObjectItem(f, "kind")->valuestring, kind) == 0) {
+          *all = j;
+          return f;
+        }
+      }
+      cJSON_Delete(j);
+    }
+    usleep(100000);
+  }
+  fail_msg("no %s fault reached the coordinator", kind);
+  return NULL;
 }
 
 /* Worker w runs in slot w % slots of agent w / slots. */
@@ -140,14 +213,6 @@ static void wait_worker_ranks(cluster *c, int n, uint64_t gen) {
       usleep(20000);
     }
   }
-}
-
-/* tgctl against the job; output in out, exit code returned. */
-static int tgctl(cluster *c, char *out, size_t outlen, const char *a1, const char *a2) {
-  const char *argv[] = {"coordinator/tgctl", "--coordinator", c->coordinators, a1, a2, NULL};
-  int status = 0;
-  assert_int_equal(tg_proc_run(argv, NULL, 10000, out, outlen, &status), 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 /* Ranks named by HANG faults, as a bitmask; waits until at least one. */
@@ -218,6 +283,39 @@ static void test_sigstop_names_the_culprit(void **state) {
   tg_proc_signal(c->worker[1], SIGCONT);
   if (named != 1u << culprit)
     fail_msg("HANG faults named ranks 0x%x; expected only rank %d (the stopped worker)", named, culprit);
+  stop_cluster(0);
+}
+
+static void test_kill9_trainer_reported_and_restarted(void **state) {
+  cluster *c = start_cluster(1, 1, 1, 2);
+  start_agent_opts(c, 0, 1);
+  int pid = wait_supervised_pid(c, 0, 0, 0);
+  wait_supervised_pid(c, 0, 1, 0);
+  usleep(500000);
+  assert_int_equal(kill(pid, SIGKILL), 0);
+  cJSON *all = NULL;
+  cJSON *f = wait_fault(c, "TRAINER_EXIT", &all);
+  assert_int_equal((int)cJSON_GetObjectItem(f, "signal")->valuedouble, 9);
+  assert_int_equal((int)cJSON_GetObjectItem(f, "rank")->valuedouble, 0);
+  assert_non_null(strstr(cJSON_GetObjectItem(f, "detail")->valuestring, "killed by signal 9"));
+  cJSON_Delete(all);
+  /* Restarted by the agent, and joined again (a later generation). */
+  int again = wait_supervised_pid(c, 0, 0, pid);
+  assert_int_not_equal(again, pid);
+  stop_cluster(0);
+}
+
+static void test_hung_trainer_named_killed_restarted(void **state) {
+  cluster *c = start_cluster(1, 1, 1, 2);
+  start_agent_opts(c, 0, 1);
+  wait_supervised_pid(c, 0, 0, 0);
+  int pid = wait_supervised_pid(c, 0, 1, 0);
+  usleep(1500000); /* the detector learns the step time */
+  assert_int_equal(kill(pid, SIGSTOP), 0);
+  unsigned named = hang_ranks(c, WAIT_MS);
+  if (named != 1u << 1) fail_msg("HANG named ranks 0x%x; expected only rank 1", named);
+  /* The agent killed the hung trainer; the supervisor started a new one. */
+  assert_int_not_equal(wait_supervised_pid(c, 0, 1, pid), pid);
   stop_cluster(0);
 }
 
@@ -310,6 +408,8 @@ static int teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_sigstop_names_the_culprit, teardown_cluster),
+      cmocka_unit_test_teardown(test_kill9_trainer_reported_and_restarted, teardown_cluster),
+      cmocka_unit_test_teardown(test_hung_trainer_named_killed_restarted, teardown_cluster),
       cmocka_unit_test_teardown(test_agent_restart_rejoins_as_same_node, teardown_cluster),
       cmocka_unit_test_teardown(test_agent_follows_coordinator_failover, teardown_cluster),
   };
