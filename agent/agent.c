@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "agent/agent_internal.h"
+#include "agent/health/gpu_fake.h"
 #include "common/log/log.h"
 
 #define MONITOR_MS 100
@@ -39,6 +40,7 @@ void tg_agent_config_defaults(tg_agent_config *cfg) {
   cfg->hang_ceiling_ms = 600000;
   cfg->straggler_percent = 150;
   cfg->probe_period_ms = 1000;
+  cfg->health_period_ms = 2000;
 }
 
 void tg_agent_report(tg_agent *a, int kind, int severity, int rank, const char *detail,
@@ -141,10 +143,66 @@ static void fill_heartbeat(Tardigrade__V1__HeartbeatRequest *hb, void *user) {
   }
   pthread_mutex_unlock(&a->mu);
   tardigrade__v1__health_report__init(&a->hb_health);
-  a->hb_health.healthy = 1;
+  a->hb_health.healthy = a->health ? tg_health_checker_healthy(a->health) : 1;
   hb->health = &a->hb_health;
   hb->n_progress = n;
   hb->progress = a->hb_progress_ptrs;
+}
+
+/* --------------------------------------------------------------- health */
+
+/* A health check saw a fault appear or clear (checker thread). Node-level
+ * faults are reported at once; ERROR and FATAL ones make the node
+ * unhealthy in its heartbeats until they clear. */
+static void on_health(void *arg, tg_health_event event, const tg_health_fault *hf) {
+  tg_agent *a = arg;
+  if (event == TG_HEALTH_CLEARED) {
+    TG_INFO("health: %s cleared: %s", hf->component, hf->detail);
+    return;
+  }
+  Tardigrade__V1__Fault f = TARDIGRADE__V1__FAULT__INIT;
+  tg_health_fault_to_proto(hf, &f);
+  f.rank = -1;
+  TG_WARN("health: %s: %s", hf->component, hf->detail);
+  tg_rpc_status st = {0};
+  if (tg_session_report_fault(a->session, &f, 0, &st) != TG_RPC_OK)
+    TG_WARN("could not report it to the coordinator: %s", st.message);
+}
+
+/* GPU checks through NVML, or a fake device directory (DIR/gpuN for GPUs,
+ * DIR/sys as the sysfs root for NICs); NICs through sysfs. */
+static int start_health(tg_agent *a, char *err, size_t errlen) {
+  char sysfs[300] = "/sys", why[256];
+  if (a->cfg.fake_devices[0]) {
+    snprintf(sysfs, sizeof sysfs, "%s/sys", a->cfg.fake_devices);
+    a->gpu = tg_gpu_fake_open(a->cfg.fake_devices, err, errlen);
+    if (!a->gpu) return -1;
+  } else {
+    a->gpu = tg_gpu_nvml_open(NULL, why, sizeof why);
+    if (!a->gpu) TG_INFO("no GPU checks: %s", why);
+  }
+  char *list = strdup(a->cfg.nics), *save = NULL;
+  for (char *t = list ? strtok_r(list, ",", &save) : NULL; t && a->n_nic_names < 16; t = strtok_r(NULL, ",", &save))
+    a->nic_names[a->n_nic_names++] = strdup(t);
+  free(list);
+  tg_nic_config nc = {.sysfs_root = sysfs,
+                      .interfaces = (const char *const *)a->nic_names,
+                      .n_interfaces = a->n_nic_names};
+  a->nic = tg_nic_new(&nc, err, errlen);
+  if (!a->nic) return -1;
+  tg_health_config hc = {.gpu = a->gpu,
+                         .gpu_period_ms = (uint32_t)a->cfg.health_period_ms,
+                         .nic = a->nic,
+                         .nic_period_ms = (uint32_t)a->cfg.health_period_ms,
+                         .on_event = on_health,
+                         .cb_arg = a};
+  a->health = tg_health_checker_new(&hc, err, errlen);
+  if (!a->health) return -1;
+  if (tg_health_checker_start(a->health) != 0) {
+    snprintf(err, errlen, "cannot start the health checks");
+    return -1;
+  }
+  return 0;
 }
 
 /* ------------------------------------------------------------- trainers */
@@ -307,7 +365,7 @@ static int start_trainers(tg_agent *a, char *err, size_t errlen) {
                              .log_dir = a->cfg.log_dir[0] ? a->cfg.log_dir : NULL,
                              .max_restarts = (int)a->cfg.restart_max,
                              .restart_window_ms = a->cfg.restart_window_ms,
-                             .restart_backoff_ms = 100,
+                             .restart_backoff_ms = 20,
                              .on_exit = on_trainer_exit,
                              .user = a};
   a->supervisor = tg_supervisor_new(&sc, err, errlen);
@@ -349,6 +407,7 @@ int tg_agent_start(tg_agent *a, char *err, size_t errlen) {
     return -1;
   }
   a->monitor_started = 1;
+  if (start_health(a, err, errlen) != 0) return -1;
   if (a->cfg.trainer_argv && start_trainers(a, err, errlen) != 0) return -1;
   TG_INFO("agent for node %s (job %s): trainers' socket %s, peers reach it at %s, coordinators %s",
           a->cfg.node_id, a->cfg.job_id, a->cfg.socket_path, a->advertise, a->cfg.coordinators);
@@ -377,6 +436,11 @@ void tg_agent_drain(tg_agent *a) {
 void tg_agent_free(tg_agent *a) {
   if (!a) return;
   if (a->supervisor) tg_supervisor_free(a->supervisor); /* stops the trainers */
+  int stuck = 0;
+  if (a->health) {
+    stuck = tg_health_checker_stop(a->health);
+    tg_health_checker_free(a->health);
+  }
   stop_threads(a);
   if (a->session) tg_session_free(a->session);
   if (a->prober) tg_prober_free(a->prober);
@@ -385,6 +449,15 @@ void tg_agent_free(tg_agent *a) {
   tg_probe_service_free(a->probe_service); /* after its server */
   if (a->cfg.socket_path[0]) unlink(a->cfg.socket_path);
   tg_progress_free(a->detector);
+  /* A check still stuck in a backend call (a hung NVML) frees the checker
+   * when it returns; its backends must outlive it, so they are left. */
+  if (!stuck) {
+    tg_nic_free(a->nic);
+    if (a->gpu) tg_gpu_close(a->gpu);
+  } else {
+    TG_WARN("%d health checks still stuck at exit; their devices are left open", stuck);
+  }
+  for (size_t i = 0; i < a->n_nic_names; i++) free(a->nic_names[i]);
   if (a->update) tardigrade__v1__world_update__free_unpacked(a->update, NULL);
   pthread_mutex_destroy(&a->mu);
   pthread_cond_destroy(&a->cv);

@@ -33,6 +33,7 @@ typedef struct {
   int64_t hang_ceiling_ms;       /* at most this */
   int64_t straggler_percent;     /* a rank slower than this % of the median is a straggler */
   int64_t probe_period_ms;       /* network probes to buddy agents; 0: off */
+  int64_t health_period_ms;      /* GPU and NIC checks */
   const tg_rpc_tls *coordinator_tls;
 } tg_agent_config;
 

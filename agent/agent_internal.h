@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "agent/agent.h"
+#include "agent/health/checker.h"
 #include "agent/probe/probe.h"
 #include "agent/supervisor/supervisor.h"
 #include "agent/progress/progress.h"
@@ -43,6 +44,11 @@ struct tg_agent {
   tg_probe_service *probe_service;
   tg_prober *prober;              /* probes the buddies of the current world */
   tg_supervisor *supervisor;      /* the trainer processes, when the agent starts them */
+  tg_gpu *gpu;                    /* NVML, a fake, or NULL (no GPU checks) */
+  tg_nic *nic;
+  tg_health_checker *health;
+  char *nic_names[16];            /* parsed from cfg.nics */
+  size_t n_nic_names;
 
   pthread_mutex_t mu;
   pthread_cond_t cv;

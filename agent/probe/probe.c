@@ -314,7 +314,7 @@ static int probe_once(tg_prober *p, peer *pr, int64_t *rtt_us, char *error, size
   int ok = 0;
   const Tardigrade__V1__ProbeResponse *resp = (const Tardigrade__V1__ProbeResponse *)msg;
   if (code != TG_RPC_OK)
-    snprintf(error, errlen, "%s: %s", tg_rpc_code_name(code), st.message);
+    snprintf(error, errlen, "%s: %.100s", tg_rpc_code_name(code), st.message);
   else if (strcmp(resp->node_id, pr->st.node_id) != 0)
     snprintf(error, errlen, "answered by node '%.63s', not %s", resp->node_id, pr->st.node_id);
   else if (resp->sent_unix_us != req.sent_unix_us)

@@ -18,6 +18,8 @@
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 
+#include "agent/health/gpu_fake.h"
+#include "agent/health/nic_fake.h"
 #include "common/log/log.h"
 #include "tests/harness/etcd_cluster.h"
 #include "tests/harness/proc.h"
@@ -97,8 +99,9 @@ static int tgctl(cluster *c, char *out, size_t outlen, const char *a1, const cha
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-/* An agent; with `supervised`, it starts the workers itself (one per slot). */
-static void start_agent_opts(cluster *c, int i, int supervised) {
+/* An agent; with `supervised`, it starts the workers itself (one per slot);
+ * with `fake_devices`, its GPUs and NICs are the fake ones in that dir. */
+static void start_agent_full(cluster *c, int i, int supervised, const char *fake_devices) {
   char node[16], log[700], slots[8], env_bar[700], logdir[700];
   snprintf(node, sizeof node, "node%d", i);
   snprintf(c->sock[i], sizeof c->sock[i], "%s/%s-%s.sock", sockdir, c->job, node);
@@ -111,9 +114,18 @@ static void start_agent_opts(cluster *c, int i, int supervised) {
                           "--coordinators", c->coordinators, "--socket", c->sock[i], "--slots", slots,
                           "--hang-factor", "5", "--hang-floor-ms", "500", "--hang-ceiling-ms", "3000",
                           "--log-dir", logdir, "--log-level", "debug", NULL};
+  int n = 0;
+  while (argv[n]) n++;
+  if (fake_devices) {
+    argv[n++] = "--fake-devices";
+    argv[n++] = fake_devices;
+    argv[n++] = "--nics";
+    argv[n++] = "eth0";
+    argv[n++] = "--health-period-ms";
+    argv[n++] = "100";
+    argv[n] = NULL;
+  }
   if (supervised) {
-    int n = 0;
-    while (argv[n]) n++;
     argv[n++] = "--";
     argv[n++] = "agent/test_worker";
     argv[n++] = "50";
@@ -124,6 +136,7 @@ static void start_agent_opts(cluster *c, int i, int supervised) {
   assert_non_null(c->agent[i]);
 }
 
+static void start_agent_opts(cluster *c, int i, int supervised) { start_agent_full(c, i, supervised, NULL); }
 static void start_agent(cluster *c, int i) { start_agent_opts(c, i, 0); }
 
 /* The pid of the newest worker that joined in `slot` of agent i (from the
@@ -319,6 +332,68 @@ static void test_hung_trainer_named_killed_restarted(void **state) {
   stop_cluster(0);
 }
 
+/* node0's state and health in tgctl nodes --json. */
+static int node0_unhealthy(cluster *c) {
+  static char out[1 << 14];
+  if (tgctl(c, out, sizeof out, "--json", "nodes") != 0) return 0;
+  cJSON *j = cJSON_Parse(out);
+  int bad = 0;
+  for (int i = 0; j && i < cJSON_GetArraySize(j); i++) {
+    cJSON *n = cJSON_GetArrayItem(j, i);
+    if (strcmp(cJSON_GetObjectItem(n, "node_id")->valuestring, "node0") == 0)
+      bad = !cJSON_IsTrue(cJSON_GetObjectItem(n, "healthy")) &&
+            strcmp(cJSON_GetObjectItem(n, "state")->valuestring, "UNHEALTHY") == 0;
+  }
+  cJSON_Delete(j);
+  return bad;
+}
+
+static void wait_node0_unhealthy(cluster *c, const char *after) {
+  int64_t deadline = mono_ms() + WAIT_MS;
+  while (!node0_unhealthy(c) && mono_ms() < deadline) usleep(100000);
+  if (!node0_unhealthy(c)) fail_msg("node0 not marked unhealthy after %s", after);
+}
+
+static void test_injected_device_faults_reported(void **state) {
+  cluster *c = start_cluster(1, 1, 2, 1);
+  char devices[700], sys[760], err[8] = "";
+  snprintf(devices, sizeof devices, "%s/%s-devices", tmpdir, c->job);
+  snprintf(sys, sizeof sys, "%s/sys", devices);
+  assert_int_equal(tg_gpu_fake_create(devices, 2), 0);
+  assert_int_equal(tg_nic_fake_add_link(sys, "eth0"), 0);
+  (void)err;
+  start_agent_full(c, 0, 0, devices);
+  start_agent(c, 1);
+  start_worker(c, 0);
+  start_worker(c, 1);
+  wait_worker_ranks(c, 2, 1);
+  usleep(500000);
+  assert_false(node0_unhealthy(c));
+  cJSON *all = NULL, *f;
+
+  /* An uncorrectable ECC error on GPU 1. */
+  assert_int_equal(tg_gpu_fake_set_ecc(devices, 1, 3), 0);
+  f = wait_fault(c, "GPU_ECC", &all);
+  assert_string_equal(cJSON_GetObjectItem(f, "node_id")->valuestring, "node0");
+  assert_string_equal(cJSON_GetObjectItem(f, "severity")->valuestring, "ERROR");
+  cJSON_Delete(all);
+  wait_node0_unhealthy(c, "an ECC error");
+
+  /* XID 79: the GPU fell off the bus. */
+  assert_int_equal(tg_gpu_fake_inject_xid(devices, 0, 79), 0);
+  f = wait_fault(c, "GPU_XID", &all);
+  assert_string_equal(cJSON_GetObjectItem(f, "severity")->valuestring, "FATAL");
+  cJSON_Delete(all);
+
+  /* The NIC loses its carrier. */
+  assert_int_equal(tg_nic_fake_set(sys, "eth0", "carrier", "0"), 0);
+  f = wait_fault(c, "NIC_DOWN", &all);
+  assert_non_null(strstr(cJSON_GetObjectItem(f, "component")->valuestring, "eth0"));
+  cJSON_Delete(all);
+  wait_node0_unhealthy(c, "NIC down");
+  stop_cluster(0);
+}
+
 static void test_agent_restart_rejoins_as_same_node(void **state) {
   cluster *c = start_cluster(1, 1, 2, 1);
   start_agent(c, 0);
@@ -410,6 +485,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_sigstop_names_the_culprit, teardown_cluster),
       cmocka_unit_test_teardown(test_kill9_trainer_reported_and_restarted, teardown_cluster),
       cmocka_unit_test_teardown(test_hung_trainer_named_killed_restarted, teardown_cluster),
+      cmocka_unit_test_teardown(test_injected_device_faults_reported, teardown_cluster),
       cmocka_unit_test_teardown(test_agent_restart_rejoins_as_same_node, teardown_cluster),
       cmocka_unit_test_teardown(test_agent_follows_coordinator_failover, teardown_cluster),
   };
