@@ -21,6 +21,8 @@
 #include "agent/health/gpu_fake.h"
 #include "agent/health/nic_fake.h"
 #include "common/log/log.h"
+#include "common/rpc/rpc.h"
+#include "proto/tardigrade/v1/agent.pb-c.h"
 #include "tests/harness/etcd_cluster.h"
 #include "tests/harness/proc.h"
 
@@ -394,6 +396,87 @@ static void test_injected_device_faults_reported(void **state) {
   stop_cluster(0);
 }
 
+/* A unary call to agent i's local service. */
+static tg_rpc_code local_call(cluster *c, int i, const char *method, const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *resp, tg_rpc_status *st) {
+  char target[700], err[256];
+  snprintf(target, sizeof target, "unix:%s", c->sock[i]);
+  tg_rpc_channel *ch = tg_rpc_channel_new(target, NULL, err, sizeof err);
+  assert_non_null(ch);
+  char path[128];
+  snprintf(path, sizeof path, "/tardigrade.v1.Agent/%s", method);
+  ProtobufCMessage *m = NULL;
+  tg_rpc_call_opts o = {.deadline_ms = 3000};
+  tg_rpc_code code = tg_rpc_unary(ch, path, req, resp, &m, &o, st);
+  if (m) protobuf_c_message_free_unpacked(m, NULL);
+  tg_rpc_channel_free(ch);
+  return code;
+}
+
+static void test_trainer_faults_and_bad_requests(void **state) {
+  cluster *c = start_cluster(1, 1, 1, 2);
+  start_agent(c, 0);
+  start_worker(c, 0);
+  start_worker(c, 1);
+  wait_worker_ranks(c, 2, 1);
+  tg_rpc_status st = {0};
+  /* A trainer reports a collective timeout: it reaches the coordinator
+   * with the slot's rank, the op and the sequence number. */
+  Tardigrade__V1__Fault f = TARDIGRADE__V1__FAULT__INIT;
+  f.kind = TARDIGRADE__V1__FAULT_KIND__FAULT_COLLECTIVE_TIMEOUT;
+  f.severity = TARDIGRADE__V1__SEVERITY__SEVERITY_ERROR;
+  f.detail = (char *)"allreduce did not complete within 30 s";
+  f.collective_op = (char *)"allreduce";
+  f.collective_seq = 1234;
+  Tardigrade__V1__TrainerFaultRequest tf = TARDIGRADE__V1__TRAINER_FAULT_REQUEST__INIT;
+  tf.slot = 1;
+  tf.fault = &f;
+  assert_int_equal(local_call(c, 0, "ReportFault", &tf.base,
+                              &tardigrade__v1__trainer_fault_response__descriptor, &st),
+                   TG_RPC_OK);
+  cJSON *all = NULL;
+  cJSON *j = wait_fault(c, "COLLECTIVE_TIMEOUT", &all);
+  assert_int_equal((int)cJSON_GetObjectItem(j, "rank")->valuedouble, 1);
+  assert_int_equal((int)cJSON_GetObjectItem(j, "collective_seq")->valuedouble, 1234);
+  cJSON_Delete(all);
+
+  /* Bad requests are refused with a status; the agent keeps serving. */
+  tf.slot = 7; /* this node has 2 slots */
+  assert_int_equal(local_call(c, 0, "ReportFault", &tf.base,
+                              &tardigrade__v1__trainer_fault_response__descriptor, &st),
+                   TG_RPC_INVALID_ARGUMENT);
+  tf.slot = 0;
+  f.kind = 4242;
+  assert_int_equal(local_call(c, 0, "ReportFault", &tf.base,
+                              &tardigrade__v1__trainer_fault_response__descriptor, &st),
+                   TG_RPC_INVALID_ARGUMENT);
+  Tardigrade__V1__JoinRequest jr = TARDIGRADE__V1__JOIN_REQUEST__INIT;
+  jr.slot = 99;
+  jr.pid = 1;
+  assert_int_equal(local_call(c, 0, "Join", &jr.base, &tardigrade__v1__join_response__descriptor, &st),
+                   TG_RPC_INVALID_ARGUMENT);
+  Tardigrade__V1__ProgressRequest pr = TARDIGRADE__V1__PROGRESS_REQUEST__INIT;
+  pr.slot = 0; /* no progress message */
+  assert_int_equal(local_call(c, 0, "ReportProgress", &pr.base,
+                              &tardigrade__v1__progress_response__descriptor, &st),
+                   TG_RPC_INVALID_ARGUMENT);
+  assert_true(tg_proc_running(c->agent[0]));
+  /* A Join for a world that has not come yet waits, and its deadline ends it. */
+  jr.slot = 0;
+  jr.pid = getpid();
+  jr.known_generation = 1000000;
+  char target[700], err[256];
+  snprintf(target, sizeof target, "unix:%s", c->sock[0]);
+  tg_rpc_channel *ch = tg_rpc_channel_new(target, NULL, err, sizeof err);
+  ProtobufCMessage *m = NULL;
+  tg_rpc_call_opts o = {.deadline_ms = 300};
+  assert_int_equal(tg_rpc_unary(ch, "/tardigrade.v1.Agent/Join", &jr.base,
+                                &tardigrade__v1__join_response__descriptor, &m, &o, &st),
+                   TG_RPC_DEADLINE_EXCEEDED);
+  tg_rpc_channel_free(ch);
+  stop_cluster(0);
+}
+
 static void test_agent_restart_rejoins_as_same_node(void **state) {
   cluster *c = start_cluster(1, 1, 2, 1);
   start_agent(c, 0);
@@ -486,6 +569,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_kill9_trainer_reported_and_restarted, teardown_cluster),
       cmocka_unit_test_teardown(test_hung_trainer_named_killed_restarted, teardown_cluster),
       cmocka_unit_test_teardown(test_injected_device_faults_reported, teardown_cluster),
+      cmocka_unit_test_teardown(test_trainer_faults_and_bad_requests, teardown_cluster),
       cmocka_unit_test_teardown(test_agent_restart_rejoins_as_same_node, teardown_cluster),
       cmocka_unit_test_teardown(test_agent_follows_coordinator_failover, teardown_cluster),
   };
