@@ -1,7 +1,6 @@
 /* tg-agent: the node agent daemon. Parses flags and an optional config
  * file, builds the agent (agent.h) and runs until SIGTERM/SIGINT, when it
  * drains: stops its trainers and leaves the job. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,10 +8,8 @@
 
 #include "agent/agent.h"
 #include "common/config/config.h"
+#include "common/daemon/daemon.h"
 #include "common/log/log.h"
-
-static volatile sig_atomic_t stop_requested;
-static void on_signal(int sig) { stop_requested = sig; }
 
 static const char usage[] =
     "usage: tg-agent --node ID --socket PATH [options] [-- TRAINER COMMAND...]\n"
@@ -74,16 +71,11 @@ int main(int argc, char **argv) {
   case TG_CONFIG_ERROR: fprintf(stderr, "tg-agent: %s\n", err); return 2;
   case TG_CONFIG_OK: break;
   }
-  int level = tg_log_parse_level(log_level);
-  if (level < 0) {
-    fprintf(stderr, "tg-agent: --log-level must be debug, info, warn or error\n");
-    return 2;
-  }
   if (!cfg.node_id[0] || !cfg.socket_path[0]) {
     fprintf(stderr, "tg-agent: --node and --socket are required (see --help)\n");
     return 2;
   }
-  tg_log_init("tg-agent", (tg_log_level)level);
+  if (tg_daemon_logging("tg-agent", log_level) != 0) return 2;
   /* What follows -- is the trainer command; the parser moved it to argv[1..]. */
   if (n_args > 0) {
     argv[1 + n_args] = NULL;
@@ -92,12 +84,7 @@ int main(int argc, char **argv) {
   tg_rpc_tls tls = {tls_ca, tls_cert[0] ? tls_cert : NULL, tls_key[0] ? tls_key : NULL, 0, NULL};
   if (tls_ca[0]) cfg.coordinator_tls = &tls;
 
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
-  signal(SIGPIPE, SIG_IGN);
+  tg_daemon_prepare();
 
   tg_agent *a = tg_agent_new(&cfg, err, sizeof err);
   if (!a || tg_agent_start(a, err, sizeof err) != 0) {
@@ -105,8 +92,8 @@ int main(int argc, char **argv) {
     tg_agent_free(a);
     return 1;
   }
-  while (!stop_requested) pause();
-  TG_INFO("signal %d: draining", (int)stop_requested);
+  int sig = tg_daemon_wait();
+  TG_INFO("signal %d: draining", sig);
   tg_agent_drain(a);
   tg_agent_free(a);
   return 0;

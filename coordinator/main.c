@@ -1,20 +1,15 @@
 /* tg-coordinator: the daemon. Parses flags and an optional config file,
  * builds the coordinator (coordinator.h) and runs until SIGINT/SIGTERM,
  * when it resigns leadership so a standby takes over at once. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "common/config/config.h"
+#include "common/daemon/daemon.h"
 #include "common/log/log.h"
 #include "coordinator/coordinator.h"
-
-static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig) { stop_requested = sig; }
 
 static const char usage[] =
     "usage: tg-coordinator [--config FILE] [options]\n"
@@ -84,12 +79,7 @@ int main(int argc, char **argv) {
   case TG_CONFIG_ERROR: fprintf(stderr, "tg-coordinator: %s\n", err); return 2;
   case TG_CONFIG_OK: break;
   }
-  int level = tg_log_parse_level(log_level);
-  if (level < 0) {
-    fprintf(stderr, "tg-coordinator: --log-level must be debug, info, warn or error\n");
-    return 2;
-  }
-  tg_log_init("tg-coordinator", (tg_log_level)level);
+  if (tg_daemon_logging("tg-coordinator", log_level) != 0) return 2;
   cfg.policy.min_nodes = (uint32_t)min_nodes;
   cfg.policy.max_nodes = (uint32_t)max_nodes;
   cfg.policy.slots_per_node = (uint32_t)slots;
@@ -108,19 +98,7 @@ int main(int argc, char **argv) {
   }
   if (etcd_ca[0]) cfg.etcd_tls = &etcd_tls;
 
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
-  signal(SIGPIPE, SIG_IGN);
-  /* Every agent holds a connection: thousands of nodes need more than the
-   * default 1,024 descriptors. */
-  struct rlimit nofile;
-  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-    nofile.rlim_cur = nofile.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &nofile);
-  }
+  tg_daemon_prepare();
 
   tg_coord *c = tg_coord_new(&cfg, err, sizeof err);
   if (!c || tg_coord_start(c, err, sizeof err) != 0) {
@@ -128,8 +106,8 @@ int main(int argc, char **argv) {
     tg_coord_free(c);
     return 1;
   }
-  while (!stop_requested) pause();
-  TG_INFO("signal %d: resigning and stopping", (int)stop_requested);
+  int sig = tg_daemon_wait();
+  TG_INFO("signal %d: resigning and stopping", sig);
   tg_coord_free(c);
   return 0;
 }
