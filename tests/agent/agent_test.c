@@ -191,18 +191,20 @@ static cJSON *wait_fault(cluster *c, const char *kind, cJSON **all) {
   return NULL;
 }
 
-/* Worker w runs in slot w % slots of agent w / slots. */
-static void start_worker(cluster *c, int w) {
+/* Worker w runs in slot w % slots of agent w / slots, step_ms per step. */
+static void start_worker_ms(cluster *c, int w, const char *step_ms) {
   char env_sock[700], env_slot[32], env_bar[700], log[700];
   snprintf(env_sock, sizeof env_sock, "TG_AGENT_SOCKET=%s", c->sock[w / c->slots]);
   snprintf(env_slot, sizeof env_slot, "TG_SLOT=%d", w % c->slots);
   snprintf(env_bar, sizeof env_bar, "TG_BARRIER_DIR=%s", c->barrier);
   snprintf(log, sizeof log, "%s/%s-worker%d.log", tmpdir, c->job, w);
-  const char *argv[] = {"/usr/bin/env", env_sock, env_slot, env_bar, "agent/test_worker", "50", NULL};
+  const char *argv[] = {"/usr/bin/env", env_sock, env_slot, env_bar, "agent/test_worker", step_ms, NULL};
   char err[256];
   c->worker[w] = tg_proc_start(argv, log, err, sizeof err);
   assert_non_null(c->worker[w]);
 }
+
+static void start_worker(cluster *c, int w) { start_worker_ms(c, w, "50"); }
 
 /* The rank worker w holds in generation >= gen (from its log), or -1. */
 static int worker_rank(cluster *c, int w, uint64_t gen) {
@@ -477,6 +479,21 @@ static void test_trainer_faults_and_bad_requests(void **state) {
   stop_cluster(0);
 }
 
+static void test_straggler_reported(void **state) {
+  cluster *c = start_cluster(1, 1, 1, 3);
+  start_agent(c, 0);
+  start_worker(c, 0);
+  start_worker_ms(c, 1, "200"); /* its own compute takes 4x its peers' */
+  start_worker(c, 2);
+  wait_worker_ranks(c, 3, 1);
+  cJSON *all = NULL;
+  cJSON *f = wait_fault(c, "STRAGGLER", &all);
+  assert_int_equal((int)cJSON_GetObjectItem(f, "rank")->valuedouble, worker_rank(c, 1, 1));
+  assert_string_equal(cJSON_GetObjectItem(f, "severity")->valuestring, "WARNING");
+  cJSON_Delete(all);
+  stop_cluster(0);
+}
+
 static void test_agent_restart_rejoins_as_same_node(void **state) {
   cluster *c = start_cluster(1, 1, 2, 1);
   start_agent(c, 0);
@@ -570,6 +587,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_hung_trainer_named_killed_restarted, teardown_cluster),
       cmocka_unit_test_teardown(test_injected_device_faults_reported, teardown_cluster),
       cmocka_unit_test_teardown(test_trainer_faults_and_bad_requests, teardown_cluster),
+      cmocka_unit_test_teardown(test_straggler_reported, teardown_cluster),
       cmocka_unit_test_teardown(test_agent_restart_rejoins_as_same_node, teardown_cluster),
       cmocka_unit_test_teardown(test_agent_follows_coordinator_failover, teardown_cluster),
   };
