@@ -80,14 +80,14 @@ static int find_tool(const char *name, char *path, size_t len) {
   return -1;
 }
 
-/* Runs argv; 0 if it exited with status 0, else -1 with the command and
- * its output in err. */
-static int run(const char *const *argv, char *err, size_t errlen) {
+/* Runs argv (inside namespace ns when not NULL); 0 if it exited with
+ * status 0, else -1 with the command and its output in err. */
+static int run(const char *ns, const char *const *argv, char *err, size_t errlen) {
   char out[1024];
   int status = 0;
-  if (tg_proc_run(argv, NULL, CMD_TIMEOUT_MS, out, sizeof out, &status) == 0 && WIFEXITED(status) &&
-      WEXITSTATUS(status) == 0)
-    return 0;
+  int rc = ns ? tg_proc_run_in_netns(ns, argv, CMD_TIMEOUT_MS, out, sizeof out, &status)
+              : tg_proc_run(argv, NULL, CMD_TIMEOUT_MS, out, sizeof out, &status);
+  if (rc == 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
   if (err && errlen) {
     size_t len = 0;
     err[0] = '\0';
@@ -99,7 +99,9 @@ static int run(const char *const *argv, char *err, size_t errlen) {
   return -1;
 }
 
-/* `ip [-n ns] args...` (args NULL-terminated, at most MAX_ARGS - 4). */
+/* `ip args...`, inside namespace ns when not NULL (args NULL-terminated,
+ * at most MAX_ARGS - 2). The namespace is joined with setns, not `ip -n`,
+ * which needs a private mount namespace (and fails in a chroot). */
 static int ip_in(const char *ns, char *err, size_t errlen, const char *const *args) {
   char ipbin[64];
   if (find_tool("ip", ipbin, sizeof ipbin) != 0) {
@@ -109,13 +111,9 @@ static int ip_in(const char *ns, char *err, size_t errlen, const char *const *ar
   const char *argv[MAX_ARGS];
   int k = 0;
   argv[k++] = ipbin;
-  if (ns) {
-    argv[k++] = "-n";
-    argv[k++] = ns;
-  }
   for (int i = 0; args[i] && k < MAX_ARGS - 1; i++) argv[k++] = args[i];
   argv[k] = NULL;
-  return run(argv, err, errlen);
+  return run(ns, argv, err, errlen);
 }
 
 #define IP(ns, err, errlen, ...) ip_in((ns), (err), (errlen), (const char *const[]){__VA_ARGS__, NULL})
@@ -259,29 +257,11 @@ tg_proc *tg_netns_start(tg_netns *n, int host, const char *const *argv, const ch
   return tg_proc_start_in_netns(n->host_name[host], argv, log_path, err, errlen);
 }
 
-/* `ip netns exec NS argv...`. */
-static int exec_in(const char *ns, const char *const *argv, int64_t timeout_ms, char *out, size_t outlen,
-                   int *status) {
-  char ipbin[64];
-  if (find_tool("ip", ipbin, sizeof ipbin) != 0) return -1;
-  const char *full[MAX_ARGS];
-  int k = 0;
-  full[k++] = ipbin;
-  full[k++] = "netns";
-  full[k++] = "exec";
-  full[k++] = ns;
-  for (int i = 0; argv[i]; i++) {
-    if (k == MAX_ARGS - 1) return -1;
-    full[k++] = argv[i];
-  }
-  full[k] = NULL;
-  return tg_proc_run(full, NULL, timeout_ms, out, outlen, status);
-}
 
 int tg_netns_exec(tg_netns *n, int host, const char *const *argv, int64_t timeout_ms, char *out,
                   size_t outlen, int *status) {
   if (!valid_host(n, host)) return -1;
-  return exec_in(n->host_name[host], argv, timeout_ms, out, outlen, status);
+  return tg_proc_run_in_netns(n->host_name[host], argv, timeout_ms, out, outlen, status);
 }
 
 static int set_link(tg_netns *n, int host, const char *state, char *err, size_t errlen) {
@@ -315,7 +295,7 @@ static int nft(tg_netns *n, const char *command, char *err, size_t errlen) {
   const char *argv[] = {nftbin, command, NULL};
   char out[1024];
   int status = 0;
-  if (exec_in(n->switch_name, argv, CMD_TIMEOUT_MS, out, sizeof out, &status) == 0 && WIFEXITED(status) &&
+  if (tg_proc_run_in_netns(n->switch_name, argv, CMD_TIMEOUT_MS, out, sizeof out, &status) == 0 && WIFEXITED(status) &&
       WEXITSTATUS(status) == 0)
     return 0;
   out[strcspn(out, "\n")] = '\0';

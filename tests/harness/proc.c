@@ -120,18 +120,12 @@ tg_proc *tg_proc_start(const char *const *argv, const char *log_path, char *err,
   return start_child(argv, log_path, -1, err, errlen);
 }
 
+static int open_netns(const char *netns, char *err, size_t errlen);
+
 tg_proc *tg_proc_start_in_netns(const char *netns, const char *const *argv, const char *log_path,
                                 char *err, size_t errlen) {
-  char path[512];
-  if (strchr(netns, '/'))
-    snprintf(path, sizeof path, "%s", netns);
-  else
-    snprintf(path, sizeof path, "/var/run/netns/%s", netns);
-  int ns = open(path, O_RDONLY | O_CLOEXEC);
-  if (ns < 0) {
-    snprintf(err, errlen, "network namespace %s: %s", path, strerror(errno));
-    return NULL;
-  }
+  int ns = open_netns(netns, err, errlen);
+  if (ns < 0) return NULL;
   tg_proc *p = start_child(argv, log_path, ns, err, errlen);
   close(ns);
   return p;
@@ -240,8 +234,39 @@ static const char **child_env(const char *const *extra) {
   return env;
 }
 
+/* The netns file of a name ("NAME" means /var/run/netns/NAME), or -1. */
+static int open_netns(const char *netns, char *err, size_t errlen) {
+  char path[512];
+  if (strchr(netns, '/'))
+    snprintf(path, sizeof path, "%s", netns);
+  else
+    snprintf(path, sizeof path, "/var/run/netns/%s", netns);
+  int ns = open(path, O_RDONLY | O_CLOEXEC);
+  if (ns < 0 && err) snprintf(err, errlen, "network namespace %s: %s", path, strerror(errno));
+  return ns;
+}
+
+static int run_child(const char *const *argv, const char *const *env_extra, int netns_fd,
+                     int64_t timeout_ms, char *out, size_t outlen, int *status);
+
 int tg_proc_run(const char *const *argv, const char *const *env_extra, int64_t timeout_ms, char *out,
                 size_t outlen, int *status) {
+  return run_child(argv, env_extra, -1, timeout_ms, out, outlen, status);
+}
+
+int tg_proc_run_in_netns(const char *netns, const char *const *argv, int64_t timeout_ms, char *out,
+                         size_t outlen, int *status) {
+  int ns = open_netns(netns, out, outlen);
+  if (ns < 0) return -1;
+  int rc = run_child(argv, NULL, ns, timeout_ms, out, outlen, status);
+  close(ns);
+  return rc;
+}
+
+/* Runs argv to completion (in network namespace netns_fd when >= 0),
+ * capturing its output; see tg_proc_run. */
+static int run_child(const char *const *argv, const char *const *env_extra, int netns_fd,
+                     int64_t timeout_ms, char *out, size_t outlen, int *status) {
   int pipefd[2] = {-1, -1}, rc = -1;
   size_t len = 0;
   const char **env = child_env(env_extra);
@@ -256,6 +281,10 @@ int tg_proc_run(const char *const *argv, const char *const *env_extra, int64_t t
     if (devnull >= 0) dup2(devnull, STDIN_FILENO);
     dup2(pipefd[1], STDOUT_FILENO);
     dup2(pipefd[1], STDERR_FILENO);
+    if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) != 0) {
+      dprintf(STDERR_FILENO, "setns: %s\n", strerror(errno));
+      _exit(127);
+    }
     execvpe(argv[0], (char *const *)argv, (char *const *)env);
     dprintf(STDERR_FILENO, "exec %s: %s\n", argv[0], strerror(errno));
     _exit(127);

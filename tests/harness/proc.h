@@ -61,6 +61,12 @@ void tg_proc_dump_file(const char *path, size_t max_bytes);
 int tg_proc_run(const char *const *argv, const char *const *env_extra, int64_t timeout_ms, char *out,
                 size_t outlen, int *status);
 
+/* tg_proc_run inside a network namespace (a name under /var/run/netns, or
+ * a path), joined with setns() in the child: unlike `ip netns exec` it
+ * needs no mount namespace, so it also works in a chroot. */
+int tg_proc_run_in_netns(const char *netns, const char *const *argv, int64_t timeout_ms, char *out,
+                         size_t outlen, int *status);
+
 /* A TCP port on 127.0.0.1 that was free a moment ago; -1 on error. */
 int tg_proc_free_port(void);
 
