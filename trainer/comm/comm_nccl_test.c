@@ -1,0 +1,71 @@
+/* The NCCL communicator on one GPU (world size 1: NCCL refuses two ranks
+ * on one device): create from a unique id, every collective, abort, and a
+ * new communicator after the abort. Without a GPU (CI, this build
+ * machine) it skips, as common/cuda/gpu_probe.c does. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cmocka.h>
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include "trainer/comm/comm.h"
+
+static int have_gpu(void) {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+static tg_comm *open_world_of_one(tg_comm_status *st) {
+  ncclUniqueId id;
+  if (ncclGetUniqueId(&id) != ncclSuccess) return NULL;
+  tg_comm_config cfg = {
+      .backend = TG_COMM_NCCL,
+      .rank = 0,
+      .world_size = 1,
+      .generation = 1,
+      .nccl_id = (const uint8_t *)id.internal,
+      .cuda_device = 0,
+      .connect_timeout_ms = 20000,
+  };
+  return tg_comm_create(&cfg, st);
+}
+
+static void test_world_of_one(void **state) {
+  if (!have_gpu()) {
+    printf("no GPU: skipped\n");
+    skip();
+  }
+  tg_comm_status st = {0};
+  tg_comm *c = open_world_of_one(&st);
+  if (!c) fail_msg("create: %s", st.message);
+
+  int64_t host[4] = {1, -2, 3000000000000LL, 4}, back[4];
+  int64_t *dev = NULL;
+  assert_int_equal(cudaMalloc((void **)&dev, sizeof host), cudaSuccess);
+  assert_int_equal(cudaMemcpy(dev, host, sizeof host, cudaMemcpyHostToDevice), cudaSuccess);
+  assert_int_equal(tg_comm_all_reduce(c, dev, 4, TG_COMM_INT64, 10000, &st), TG_COMM_OK);
+  assert_int_equal(tg_comm_broadcast(c, dev, sizeof host, 0, 10000, &st), TG_COMM_OK);
+  assert_int_equal(tg_comm_barrier(c, 10000, &st), TG_COMM_OK);
+  assert_int_equal(cudaMemcpy(back, dev, sizeof back, cudaMemcpyDeviceToHost), cudaSuccess);
+  assert_memory_equal(host, back, sizeof host);
+
+  tg_comm_abort(c);
+  assert_int_equal(tg_comm_barrier(c, 10000, &st), TG_COMM_ABORTED);
+  tg_comm_free(c);
+
+  /* The next generation's communicator on the same GPU. */
+  c = open_world_of_one(&st);
+  if (!c) fail_msg("re-create after abort: %s", st.message);
+  assert_int_equal(tg_comm_all_reduce(c, dev, 4, TG_COMM_INT64, 10000, &st), TG_COMM_OK);
+  tg_comm_free(c);
+  cudaFree(dev);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_world_of_one)};
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
