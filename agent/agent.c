@@ -41,6 +41,7 @@ void tg_agent_config_defaults(tg_agent_config *cfg) {
   cfg->straggler_percent = 150;
   cfg->probe_period_ms = 1000;
   cfg->health_period_ms = 2000;
+  cfg->ckpt_mib = 256;
 }
 
 void tg_agent_report(tg_agent *a, int kind, int severity, int rank, const char *detail,
@@ -218,6 +219,15 @@ static int slot_rank(tg_agent *a, int slot) {
 /* A trainer exited (supervisor thread): report it at once, with how. */
 static void on_trainer_exit(int slot, pid_t pid, int exit_code, int sig, int will_restart, void *user) {
   tg_agent *a = user;
+  if (exit_code == 0) {
+    /* Finished its work: no fault, and no longer watched for hangs. */
+    TG_INFO("trainer pid %d in slot %d finished", (int)pid, slot);
+    pthread_mutex_lock(&a->mu);
+    tg_progress_forget(a->detector, slot);
+    a->slots[slot].has_progress = 0;
+    pthread_mutex_unlock(&a->mu);
+    return;
+  }
   pthread_mutex_lock(&a->mu);
   int rank = slot_rank(a, slot);
   a->slots[slot].pid = 0;
@@ -325,6 +335,16 @@ tg_agent *tg_agent_new(const tg_agent_config *cfg, char *err, size_t errlen) {
   a->detector = tg_progress_new(&pc, err, errlen);
   if (!a->detector) goto fail;
 
+  /* The node's checkpoint store: trainers write their snapshots into it
+   * and a restarted trainer reads them back. After an agent crash the
+   * region is still there, with its snapshots: it is opened, not replaced. */
+  snprintf(a->ckpt_name, sizeof a->ckpt_name, "/tg-ckpt-%s-%s", cfg->job_id, cfg->node_id);
+  a->ckpt = tg_ckpt_store_open(a->ckpt_name, err, errlen);
+  if (!a->ckpt)
+    a->ckpt = tg_ckpt_store_create(a->ckpt_name, (uint64_t)cfg->ckpt_mib << 20, (uint32_t)(cfg->slots * 4 + 4),
+                                   3, err, errlen);
+  if (!a->ckpt) goto fail;
+
   /* The peer service for other agents (probes), on TCP. */
   a->peer = tg_rpc_server_new(NULL, err, errlen);
   if (!a->peer) goto fail;
@@ -354,11 +374,12 @@ fail:
 
 /* One trainer per slot, told where the agent is through the environment. */
 static int start_trainers(tg_agent *a, char *err, size_t errlen) {
-  char sock[300], node[100], job[100];
+  char sock[300], node[100], job[100], shm[200];
   snprintf(sock, sizeof sock, "TG_AGENT_SOCKET=%s", a->cfg.socket_path);
   snprintf(node, sizeof node, "TG_NODE_ID=%s", a->cfg.node_id);
   snprintf(job, sizeof job, "TG_JOB=%s", a->cfg.job_id);
-  const char *env[] = {sock, node, job, NULL};
+  snprintf(shm, sizeof shm, "TG_CKPT_SHM=%s", a->ckpt_name);
+  const char *env[] = {sock, node, job, shm, NULL};
   tg_supervisor_config sc = {.argv = a->cfg.trainer_argv,
                              .slots = (int)a->cfg.slots,
                              .env = env,
@@ -426,6 +447,7 @@ static void stop_threads(tg_agent *a) {
 
 void tg_agent_drain(tg_agent *a) {
   if (a->supervisor) tg_supervisor_stop(a->supervisor, 5000);
+  a->drained = 1;
   stop_threads(a);
   if (a->session) {
     tg_rpc_status st = {0};
@@ -458,6 +480,8 @@ void tg_agent_free(tg_agent *a) {
     TG_WARN("%d health checks still stuck at exit; their devices are left open", stuck);
   }
   for (size_t i = 0; i < a->n_nic_names; i++) free(a->nic_names[i]);
+  tg_ckpt_store_close(a->ckpt);
+  if (a->drained && a->ckpt_name[0]) tg_ckpt_store_unlink(a->ckpt_name); /* a crash keeps it */
   if (a->update) tardigrade__v1__world_update__free_unpacked(a->update, NULL);
   pthread_mutex_destroy(&a->mu);
   pthread_cond_destroy(&a->cv);

@@ -34,6 +34,7 @@ typedef struct {
   int64_t straggler_percent;     /* a rank slower than this % of the median is a straggler */
   int64_t probe_period_ms;       /* network probes to buddy agents; 0: off */
   int64_t health_period_ms;      /* GPU and NIC checks */
+  int64_t ckpt_mib;              /* the node's in-memory checkpoint store, MiB */
   const tg_rpc_tls *coordinator_tls;
 } tg_agent_config;
 

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "agent/agent.h"
+#include "agent/ckpt/store.h"
 #include "agent/health/checker.h"
 #include "agent/probe/probe.h"
 #include "agent/supervisor/supervisor.h"
@@ -47,6 +48,9 @@ struct tg_agent {
   tg_gpu *gpu;                    /* NVML, a fake, or NULL (no GPU checks) */
   tg_nic *nic;
   tg_health_checker *health;
+  tg_ckpt_store *ckpt;            /* trainers' snapshots; outlives them (and a crashed agent) */
+  char ckpt_name[160];
+  int drained;                    /* a clean stop: the store goes too */
   char *nic_names[16];            /* parsed from cfg.nics */
   size_t n_nic_names;
 

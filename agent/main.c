@@ -18,7 +18,8 @@ static const char usage[] =
     "serves the node's trainer processes on a unix socket, starts and supervises\n"
     "them (one per slot, when a trainer command follows --), checks GPU and NIC\n"
     "health, detects hung and straggling ranks, and reports every fault.\n"
-    "Trainers find the socket in $TG_AGENT_SOCKET and their slot in $TG_SLOT.";
+    "Trainers find the socket in $TG_AGENT_SOCKET, their slot in $TG_SLOT and the\n"
+    "node's checkpoint store in $TG_CKPT_SHM.";
 
 int main(int argc, char **argv) {
   tg_agent_config cfg;
@@ -57,6 +58,8 @@ int main(int argc, char **argv) {
        "how often to probe buddy agents; 0: never"},
       {"health-period-ms", TG_OPT_INT, &cfg.health_period_ms, 0, 100, 600000,
        "how often to check GPUs and NICs"},
+      {"ckpt-mib", TG_OPT_INT, &cfg.ckpt_mib, 0, 1, 1 << 20,
+       "size of the node's in-memory checkpoint store (POSIX shared memory), MiB"},
       {"tls-ca", TG_OPT_STRING, tls_ca, sizeof tls_ca, 0, 0,
        "PEM CA that verifies the coordinators (enables TLS)"},
       {"tls-cert", TG_OPT_STRING, tls_cert, sizeof tls_cert, 0, 0, "PEM client certificate"},

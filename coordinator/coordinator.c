@@ -271,7 +271,8 @@ static Tardigrade__V1__World *make_world(tg_coord *c, tg_node **members, size_t 
   w.world_size = (uint32_t)(n * c->cfg.policy.slots_per_node);
   w.n_nodes = n;
   w.nodes = wnp;
-  w.store_address = c->cfg.store_address;
+  /* The trainers' rendezvous store: etcd itself unless configured. */
+  w.store_address = c->cfg.store_address[0] ? c->cfg.store_address : c->cfg.etcd_endpoints;
   snprintf(prefix, sizeof prefix, "/tardigrade/jobs/%s/gen/%" PRIu64 "/", c->cfg.job_id, w.generation);
   w.store_prefix = prefix;
   w.resume_step = (n == 0 || resume == UINT64_MAX) ? 0 : resume;

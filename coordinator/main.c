@@ -69,7 +69,7 @@ int main(int argc, char **argv) {
       {"quarantine-cooldown-ms", TG_OPT_INT, &cfg.quarantine_cooldown_ms, 0, 1, INT64_MAX / 4,
        "how long a quarantined node stays out"},
       {"store-address", TG_OPT_STRING, cfg.store_address, sizeof cfg.store_address, 0, 0,
-       "gloo store address handed to trainers in each world"},
+       "where trainers rendezvous (gloo store): etcd endpoints; empty: --etcd"},
       {"threads", TG_OPT_INT, &threads, 0, 1, 64, "RPC handler threads"},
       {"log-level", TG_OPT_STRING, log_level, sizeof log_level, 0, 0, "debug, info, warn or error"},
   };

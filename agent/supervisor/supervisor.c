@@ -470,7 +470,8 @@ static void handle_exit(tg_supervisor *s, int i, pid_t pid, int status) {
   sl->restart_pending = 0;
   sl->last_exit_code = code;
   sl->last_signal = sig;
-  if (s->started && !s->stopping) {
+  /* Exit code 0: the trainer finished its work; nothing to restart. */
+  if (s->started && !s->stopping && code != 0) {
     if (restarts_in_window(s, sl, now) < s->max_restarts) {
       will_restart = 1;
       sl->restart_pending = 1;

@@ -47,6 +47,8 @@ typedef void (*tg_supervisor_start_fn)(int slot, pid_t pid, void *user);
  * fork is reported with pid 0, exit_code -1 and signal 0. will_restart is 1 when a restart is scheduled, 0
  * when the slot stays down: stopping, or its restart budget is spent (then
  * tg_supervisor_slot_state reports gave_up). */
+/* A process that exits with code 0 has finished its work and is not
+ * restarted; any other end (a code, a signal) is restarted within the budget. */
 typedef void (*tg_supervisor_exit_fn)(int slot, pid_t pid, int exit_code, int signal,
                                       int will_restart, void *user);
 

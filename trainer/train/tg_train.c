@@ -1,0 +1,226 @@
+/* tg-train: the reference trainer. A byte-level language model
+ * (trainer/model) trained data-parallel on CPU, with optimizer state
+ * sharded across ranks (ZeRO stage 1), through libtardigrade: it joins the
+ * world its agent gives it, snapshots its state into the node's memory
+ * after every step, and when the world changes it re-joins and resumes
+ * from the newest step every rank holds. Data order depends only on the
+ * global sample index and gradients are summed exactly, so a run with
+ * failures ends with the same parameters, bit for bit, as one without.
+ *
+ * One step, top to bottom:
+ *   each rank computes the gradients of its chunks of the global batch and
+ *   adds them as fixed-point integers;
+ *   all-reduce (int64, exact) -> the mean gradient and loss;
+ *   all-reduce of the squared norm (exact limbs) -> gradient clipping;
+ *   AdamW on this rank's slice of the parameters;
+ *   all-gather of the slices -> every rank holds all parameters;
+ *   snapshot, report progress. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/config/config.h"
+#include "trainer/include/tardigrade.h"
+#include "trainer/model/adamw.h"
+#include "trainer/model/corpus.h"
+#include "trainer/model/fixed.h"
+#include "trainer/model/model.h"
+#include "trainer/model/shard.h"
+#include "trainer/model/step.h"
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+typedef struct {
+  int64_t steps, width, depth, context, batch, micro, seed;
+  char corpus[512], out[512];
+} options;
+
+/* The state of one world: the optimizer slice and the gather buffers. */
+typedef struct {
+  tg_world world;
+  tg_adamw *opt;
+  size_t begin, end, slice;  /* this rank's parameters; slice = the largest rank's */
+  float *m_stage, *v_stage;  /* snapshot copies of the optimizer slice */
+  float *send, *gathered;
+  uint64_t step;             /* steps completed */
+} world_state;
+
+static void world_free(world_state *w) {
+  tg_adamw_free(w->opt);
+  free(w->m_stage);
+  free(w->v_stage);
+  free(w->send);
+  free(w->gathered);
+  memset(w, 0, sizeof *w);
+}
+
+/* All-gathers every rank's parameter slice so every rank holds them all. */
+static tg_result gather_params(tg_trainer *t, world_state *w, float *params, size_t P) {
+  memset(w->send, 0, w->slice * sizeof(float));
+  memcpy(w->send, params + w->begin, (w->end - w->begin) * sizeof(float));
+  tg_result r = tg_all_gather(t, w->send, w->gathered, w->slice * sizeof(float));
+  for (int q = 0; r == TG_OK && q < w->world.world_size; q++) {
+    size_t b, e;
+    tg_shard_range(P, (uint32_t)w->world.world_size, (uint32_t)q, &b, &e);
+    memcpy(params + b, w->gathered + (size_t)q * w->slice, (e - b) * sizeof(float));
+  }
+  return r;
+}
+
+int main(int argc, char **argv) {
+  options o = {.steps = 50, .width = 32, .depth = 2, .context = 16, .batch = 24, .micro = 4, .seed = 1};
+  const tg_option opts[] = {
+      {"steps", TG_OPT_INT, &o.steps, 0, 1, 100000000, "optimizer steps to train"},
+      {"width", TG_OPT_INT, &o.width, 0, 1, 65536, "residual width D"},
+      {"depth", TG_OPT_INT, &o.depth, 0, 0, 1024, "residual MLP blocks N"},
+      {"context", TG_OPT_INT, &o.context, 0, 1, 65535, "bytes per sample T"},
+      {"batch", TG_OPT_INT, &o.batch, 0, 1, 1 << 20, "global batch B (fixed whatever the world size)"},
+      {"micro", TG_OPT_INT, &o.micro, 0, 1, 1 << 20, "samples per chunk M (divides B)"},
+      {"seed", TG_OPT_INT, &o.seed, 0, 0, INT64_MAX, "initialisation and data seed"},
+      {"corpus", TG_OPT_STRING, o.corpus, sizeof o.corpus, 0, 0,
+       "text to train on; empty: the GPL text from Debian's base-files, or generated text"},
+      {"out", TG_OPT_STRING, o.out, sizeof o.out, 0, 0, "rank 0 writes the final parameters here"},
+  };
+  char err[512];
+  switch (tg_config_parse(opts, sizeof opts / sizeof opts[0], argc, argv,
+                          "usage: tg-train [options]  (started by tg-agent, one per slot)\n\n"
+                          "The reference trainer: a byte-level language model trained data-parallel.",
+                          NULL, err, sizeof err)) {
+  case TG_CONFIG_HELP: return 0;
+  case TG_CONFIG_ERROR: fprintf(stderr, "tg-train: %s\n", err); return 2;
+  case TG_CONFIG_OK: break;
+  }
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  tg_model_config mc = {.context = (uint32_t)o.context, .width = (uint32_t)o.width, .depth = (uint32_t)o.depth,
+                        .use_position = 1};
+  tg_batch_plan plan = {.global_batch = (uint32_t)o.batch, .micro_batch = (uint32_t)o.micro};
+  tg_adamw_config ac = {.lr = 1e-2f, .lr_min = 1e-3f, .warmup_steps = 10, .decay_steps = (uint64_t)o.steps,
+                        .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.01f, .grad_clip = 1.0f};
+  tg_model *model = tg_model_new(&mc, plan.micro_batch, err, sizeof err);
+  tg_corpus *corpus = model ? tg_corpus_open(o.corpus, mc.context, (uint64_t)o.seed, err, sizeof err) : NULL;
+  tg_trainer *t = corpus ? tg_init() : NULL;
+  if (!model || !corpus || !t || tg_step_chunk_count(&plan) == 0) {
+    fprintf(stderr, "tg-train: %s\n", !model || !corpus ? err : !t ? "no agent" : "--micro must divide --batch");
+    return 1;
+  }
+  size_t P = tg_model_num_params(model), acc_len = tg_step_acc_len(model);
+  float *params = tg_model_params(model);
+  int64_t *acc = calloc(acc_len, sizeof *acc);
+  world_state w = {0};
+  int rc = 1;
+
+  for (;;) { /* one iteration per world */
+    world_free(&w);
+    if (tg_join(t, &w.world, 600000) != TG_OK) {
+      fprintf(stderr, "tg-train: %s; joining again\n", tg_last_error(t));
+      continue;
+    }
+    uint32_t W = (uint32_t)w.world.world_size, R = (uint32_t)w.world.rank;
+    w.opt = tg_step_optimizer_new(model, &ac, W, R, err, sizeof err);
+    tg_shard_range(P, W, R, &w.begin, &w.end);
+    w.slice = (P + W - 1) / W;
+    w.m_stage = calloc(w.end - w.begin + 1, sizeof(float));
+    w.v_stage = calloc(w.end - w.begin + 1, sizeof(float));
+    w.send = calloc(w.slice, sizeof(float));
+    w.gathered = calloc((size_t)W * w.slice, sizeof(float));
+    if (!w.opt || !w.m_stage || !w.v_stage || !w.send || !w.gathered) {
+      fprintf(stderr, "tg-train: %s\n", w.opt ? "out of memory" : err);
+      break;
+    }
+    /* What a snapshot holds: every parameter, this rank's optimizer
+     * slice (through staging copies) and the step. Registered per world:
+     * the slices depend on the world's size. */
+    static uint64_t saved_step;
+    size_t own = w.end - w.begin;
+    tg_register(t, "params", params, P * sizeof(float));
+    tg_register(t, "adamw.m", w.m_stage, own * sizeof(float));
+    tg_register(t, "adamw.v", w.v_stage, own * sizeof(float));
+    tg_register(t, "step", &saved_step, sizeof saved_step);
+    uint64_t resume = 0;
+    if (tg_resume_step(t, &resume) != TG_OK) continue;
+    if (resume > 0) {
+      if (tg_restore(t, resume) != TG_OK) {
+        fprintf(stderr, "tg-train: %s\n", tg_last_error(t));
+        break;
+      }
+      /* This rank's slice is old rank R's slice (same world size). */
+      const float **ms = calloc(W, sizeof *ms), **vs = calloc(W, sizeof *vs);
+      for (uint32_t q = 0; ms && vs && q < W; q++) {
+        ms[q] = w.m_stage;
+        vs[q] = w.v_stage;
+      }
+      tg_model_status ls = ms && vs ? tg_adamw_load_shards(w.opt, W, ms, vs, saved_step) : TG_MODEL_ENOMEM;
+      free(ms);
+      free(vs);
+      if (ls != TG_MODEL_OK) {
+        fprintf(stderr, "tg-train: cannot restore the optimizer state\n");
+        break;
+      }
+    } else {
+      tg_model_init_params(model, (uint64_t)o.seed);
+      saved_step = 0;
+    }
+    w.step = resume;
+    printf("rank %u of %u (generation %" PRIu64 "): %s at step %" PRIu64 "\n", R, W, w.world.generation,
+           resume ? "resuming" : "starting", resume);
+
+    tg_result r = TG_OK;
+    while (r == TG_OK && w.step < (uint64_t)o.steps) {
+      int64_t t0 = now_ms();
+      uint32_t chunks = tg_step_chunk_count(&plan);
+      size_t cb, ce;
+      tg_shard_range(chunks, W, R, &cb, &ce);
+      memset(acc, 0, acc_len * sizeof *acc);
+      if (tg_step_accumulate(model, corpus, &plan, w.step, (uint32_t)cb, (uint32_t)ce, acc) != TG_MODEL_OK) {
+        fprintf(stderr, "tg-train: the loss diverged at step %" PRIu64 "\n", w.step);
+        goto done;
+      }
+      float loss = 0;
+      int64_t limbs[TG_FIXED_SQNORM_LIMBS] = {0};
+      r = tg_all_reduce(t, acc, acc_len, TG_INT64);
+      if (r == TG_OK && tg_step_mean(model, &plan, acc, &loss) != TG_MODEL_OK) goto done;
+      if (r == TG_OK && tg_fixed_sqnorm(tg_model_grads(model), w.begin, w.end, limbs) != TG_MODEL_OK) goto done;
+      if (r == TG_OK) r = tg_all_reduce(t, limbs, TG_FIXED_SQNORM_LIMBS, TG_INT64);
+      if (r != TG_OK) break;
+      tg_adamw_update(w.opt, params, tg_model_grads(model), tg_fixed_sqnorm_to_norm(limbs));
+      r = gather_params(t, &w, params, P);
+      if (r != TG_OK) break;
+      w.step++;
+      saved_step = w.step;
+      memcpy(w.m_stage, tg_adamw_m(w.opt), own * sizeof(float));
+      memcpy(w.v_stage, tg_adamw_v(w.opt), own * sizeof(float));
+      if (tg_snapshot(t, w.step) != TG_OK) {
+        fprintf(stderr, "tg-train: %s\n", tg_last_error(t));
+        goto done;
+      }
+      r = tg_step_done(t, w.step, loss, (uint32_t)(now_ms() - t0));
+      if (R == 0) printf("step %" PRIu64 " loss %.4f\n", w.step, (double)loss);
+    }
+    if (w.step >= (uint64_t)o.steps) break;
+    fprintf(stderr, "tg-train: world changed at step %" PRIu64 " (%s); re-joining\n", w.step, tg_last_error(t));
+  }
+  if (w.world.rank == 0 && o.out[0]) {
+    FILE *f = fopen(o.out, "wb");
+    if (!f || fwrite(params, sizeof(float), P, f) != P) {
+      fprintf(stderr, "tg-train: cannot write %s\n", o.out);
+      if (f) fclose(f);
+      goto done;
+    }
+    fclose(f);
+  }
+  printf("rank %d done after %" PRIu64 " steps\n", w.world.rank, w.step);
+  rc = 0;
+done:
+  world_free(&w);
+  free(acc);
+  tg_free(t);
+  tg_corpus_close(corpus);
+  tg_model_free(model);
+  return rc;
+}
