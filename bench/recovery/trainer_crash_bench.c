@@ -1,14 +1,15 @@
 /* bench/recovery: what a trainer crash costs with tg-agent. One real etcd,
- * one tg-coordinator and one tg-agent supervising 2 stand-in trainers
- * (agent/testdata/worker.c: 50 ms steps, a barrier per step like a
- * collective). Each round kills slot 0's trainer with SIGKILL and measures:
+ * one tg-coordinator and one tg-agent supervising 2 trainers: tg-train
+ * (--trainer tg-train: the real model, snapshots in the node's memory,
+ * restore on resume) or the stand-in (--trainer worker: 50 ms steps and a
+ * barrier, no state). Each round kills slot 0's trainer with SIGKILL and
+ * measures:
  *   reported   kill -> the TRAINER_EXIT fault recorded by the coordinator
  *   restarted  kill -> the new trainer process joined a newer world
- *   resumed    kill -> both slots joined that world (training can go on)
- * The trainer library's restore from memory (issue 5) is not in these
- * figures yet: the stand-in has no state to restore.
+ *   resumed    kill -> both slots joined that world (with tg-train: and
+ *              restored their state from memory; training goes on)
  *
- * Usage: bazel run -c opt //bench/recovery:trainer_crash -- --rounds 10 */
+ * Usage: bazel run -c opt //bench/recovery:trainer_crash -- --rounds 10 --trainer tg-train */
 #include <cjson/cJSON.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -19,6 +20,7 @@
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "common/config/config.h"
@@ -27,6 +29,7 @@
 #include "tests/harness/proc.h"
 
 static int64_t rounds = 10;
+static char trainer[32] = "tg-train";
 static char dir[512], sockdir[64], coordinator[64];
 
 static int64_t mono_ms(void) {
@@ -46,25 +49,44 @@ static void die(const char *what) {
   exit(1);
 }
 
-/* The newest "worker pid P slot S: rank R of N in generation G" line of a
- * slot's log: pid and generation (0 when none yet). */
-static void last_join(int slot, int *pid, uint64_t *gen) {
+/* The generation of the newest join line in a slot's log (0: none yet):
+ * tg-train writes "rank R of N (generation G): ...", the stand-in
+ * "... in generation G"; the restore happens before tg-train's line. */
+static uint64_t last_join(int slot) {
   char path[700], line[256];
   snprintf(path, sizeof path, "%s/trainers/slot-%d.log", dir, slot);
-  *pid = 0;
-  *gen = 0;
+  uint64_t gen = 0;
   FILE *f = fopen(path, "r");
-  if (!f) return;
+  if (!f) return 0;
   while (fgets(line, sizeof line, f)) {
-    int p, r, n;
-    unsigned s;
-    unsigned long long g;
-    if (sscanf(line, "worker pid %d slot %u: rank %d of %d in generation %llu", &p, &s, &r, &n, &g) == 5) {
-      *pid = p;
-      *gen = g;
-    }
+    const char *p = strstr(line, "generation ");
+    if (p && strncmp(line, "rank ", 5) == 0) gen = strtoull(p + 11, NULL, 10);
+    else if (p && strncmp(line, "worker ", 7) == 0) gen = strtoull(p + 11, NULL, 10);
   }
   fclose(f);
+  return gen;
+}
+
+/* The pid of the agent's trainer child in `slot` (from its environment). */
+static int trainer_pid(pid_t agent, int slot) {
+  char pids[256], ppid[16], want[32];
+  snprintf(ppid, sizeof ppid, "%d", (int)agent);
+  snprintf(want, sizeof want, "TG_SLOT=%d", slot);
+  const char *pg[] = {"pgrep", "-P", ppid, NULL};
+  int status;
+  if (tg_proc_run(pg, NULL, 5000, pids, sizeof pids, &status) != 0) return 0;
+  for (char *tok = strtok(pids, "\n"); tok; tok = strtok(NULL, "\n")) {
+    char path[64], env[8192];
+    snprintf(path, sizeof path, "/proc/%s/environ", tok);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    size_t got = fread(env, 1, sizeof env - 1, f);
+    fclose(f);
+    env[got] = '\0';
+    for (size_t k = 0; k < got; k += strlen(env + k) + 1)
+      if (strcmp(env + k, want) == 0) return atoi(tok);
+  }
+  return 0;
 }
 
 /* detected_unix_ms of the newest TRAINER_EXIT fault, 0 if none. */
@@ -96,9 +118,12 @@ static void print_row(const char *name, int64_t *v, int n) {
 }
 
 int main(int argc, char **argv) {
-  const tg_option opts[] = {{"rounds", TG_OPT_INT, &rounds, 0, 1, 1000, "trainer crashes to measure"}};
+  const tg_option opts[] = {
+      {"rounds", TG_OPT_INT, &rounds, 0, 1, 1000, "trainer crashes to measure"},
+      {"trainer", TG_OPT_STRING, trainer, sizeof trainer, 0, 0, "tg-train (the real one) or worker (stand-in)"},
+  };
   char err[512];
-  switch (tg_config_parse(opts, 1, argc, argv,
+  switch (tg_config_parse(opts, 2, argc, argv,
                           "usage: trainer_crash_bench [--rounds N]\n\nMeasures recovery from trainer crashes.",
                           NULL, err, sizeof err)) {
   case TG_CONFIG_HELP: return 0;
@@ -126,16 +151,22 @@ int main(int argc, char **argv) {
                       "--quarantine-faults", "0", "--log-level", "warn", NULL};
   snprintf(path, sizeof path, "%s/coordinator.log", dir);
   tg_proc *coord = tg_proc_start(co, path, err, sizeof err);
+  int real = strcmp(trainer, "tg-train") == 0;
+  if (!real && strcmp(trainer, "worker") != 0) die("--trainer is tg-train or worker");
   const char *ag[] = {"/usr/bin/env", barrier, "agent/tg-agent", "--node", "n0", "--job", "bench",
                       "--coordinators", coordinator, "--socket", sock, "--slots", "2", "--log-dir", logdir,
-                      "--restart-max", "64", "--log-level", "warn", "--", "agent/test_worker", "50", NULL};
+                      "--restart-max", "64", "--ckpt-mib", "32", "--hang-floor-ms", "5000", "--log-level",
+                      "warn", "--", real ? "trainer/tg-train" : "agent/test_worker", real ? "--steps" : "50",
+                      real ? "100000000" : NULL, NULL};
   snprintf(path, sizeof path, "%s/agent.log", dir);
   tg_proc *agent = tg_proc_start(ag, path, err, sizeof err);
   if (!coord || !agent) die(err);
 
   struct utsname u;
   uname(&u);
-  printf("# bench/recovery trainer crash: 1 node x 2 slots, 50 ms steps, %" PRId64 " rounds\n", rounds);
+  printf("# bench/recovery trainer crash: 1 node x 2 slots, trainer %s, %" PRId64 " rounds\n",
+         real ? "tg-train (D=32, N=2: 34k parameters, snapshot every step)" : "stand-in (50 ms steps)",
+         rounds);
   printf("# machine: %s %s, %ld cores\n# command:", u.nodename, u.release, sysconf(_SC_NPROCESSORS_ONLN));
   for (int i = 0; i < argc; i++) printf(" %s", argv[i]);
   printf("\n");
@@ -143,14 +174,15 @@ int main(int argc, char **argv) {
   int64_t *reported = calloc((size_t)rounds, 8), *restarted = calloc((size_t)rounds, 8),
           *resumed = calloc((size_t)rounds, 8);
   for (int64_t r = 0; r < rounds; r++) {
-    int pid0, pid1;
     uint64_t g0, g1;
+    int pid0 = 0;
     int64_t deadline = mono_ms() + 30000;
     do { /* both trainers in the same, newest world */
       usleep(20000);
-      last_join(0, &pid0, &g0);
-      last_join(1, &pid1, &g1);
-    } while ((pid0 == 0 || g0 != g1) && mono_ms() < deadline);
+      g0 = last_join(0);
+      g1 = last_join(1);
+      pid0 = trainer_pid(tg_proc_pid(agent), 0);
+    } while ((pid0 == 0 || g0 == 0 || g0 != g1) && mono_ms() < deadline);
     if (pid0 == 0 || g0 != g1) die("the trainers never joined one world");
     usleep(500000); /* steady for a moment */
     int64_t before_fault = newest_exit_fault();
@@ -158,11 +190,8 @@ int main(int argc, char **argv) {
     kill(pid0, SIGKILL);
     int64_t t_restart = 0, t_resume = 0;
     while ((!t_restart || !t_resume) && mono_ms() - t0 < 30000) {
-      int p0, p1;
-      uint64_t h0, h1;
-      last_join(0, &p0, &h0);
-      last_join(1, &p1, &h1);
-      if (!t_restart && p0 != pid0 && p0 && h0 > g0) t_restart = mono_ms();
+      uint64_t h0 = last_join(0), h1 = last_join(1);
+      if (!t_restart && h0 > g0) t_restart = mono_ms();
       if (t_restart && !t_resume && h1 >= h0) t_resume = mono_ms();
       usleep(1000);
     }
