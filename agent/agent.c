@@ -5,6 +5,7 @@
  * ranks, and fault reporting. The pieces themselves live in their own
  * modules: session/, progress/, supervisor/, health/, probe/. */
 #include "agent/agent.h"
+#include "common/clock/clock.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -21,11 +22,6 @@
 
 #define MONITOR_MS 100
 
-int64_t tg_agent_mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void tg_agent_config_defaults(tg_agent_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
@@ -122,7 +118,7 @@ static void on_world(const Tardigrade__V1__WorldUpdate *u, void *user) {
   for (int64_t s = 0; s < a->cfg.slots; s++) {
     a->slots[s].rank = -1;
     if (u->position < 0 || u->world->world_size == 0) continue;
-    tg_progress_record start = {.rank = (int32_t)s, .updated_ms = tg_agent_mono_ms()};
+    tg_progress_record start = {.rank = (int32_t)s, .updated_ms = tg_clock_mono_ms()};
     tg_progress_update(a->detector, &start);
   }
   tg_agent_answer_joins(a);
@@ -260,7 +256,7 @@ static void *monitor_main(void *arg) {
   pthread_mutex_lock(&a->mu);
   while (!a->stopping) {
     tg_progress_event ev[TG_AGENT_MAX_SLOTS];
-    int n = tg_progress_evaluate(a->detector, tg_agent_mono_ms(), ev, TG_AGENT_MAX_SLOTS);
+    int n = tg_progress_evaluate(a->detector, tg_clock_mono_ms(), ev, TG_AGENT_MAX_SLOTS);
     int whole_world = a->update && a->update->world &&
                       (int64_t)a->update->world->world_size == a->cfg.slots;
     for (int i = 0; i < n; i++) {

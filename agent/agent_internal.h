@@ -79,7 +79,6 @@ void tg_agent_answer_joins(tg_agent *a);
 void tg_agent_end_joins(tg_agent *a, tg_rpc_code code, const char *why);
 
 /* agent.c */
-int64_t tg_agent_mono_ms(void);
 /* Reports a fault to the coordinator (mu not held); logs it either way. */
 void tg_agent_report(tg_agent *a, int kind, int severity, int rank, const char *detail,
                      uint64_t collective_seq, const char *op, const char *component);

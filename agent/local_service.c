@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "agent/agent_internal.h"
+#include "common/clock/clock.h"
 #include "common/log/log.h"
 
 #define MAX_TEXT 1024
@@ -133,13 +134,13 @@ static void on_progress(tg_rpc_call *call, const ProtobufCMessage *msg, void *us
   s->progress = *req->progress;
   s->progress.base.descriptor = &tardigrade__v1__rank_progress__descriptor;
   s->progress.rank = s->rank;
-  s->progress.updated_unix_ms = tg_agent_mono_ms();
+  s->progress.updated_unix_ms = tg_clock_mono_ms();
   s->has_progress = 1;
   tg_progress_record rec = {.rank = req->slot,
                             .step = s->progress.step,
                             .collective_seq = s->progress.collective_seq,
                             .step_time_ms = s->progress.step_time_ms,
-                            .updated_ms = tg_agent_mono_ms()};
+                            .updated_ms = tg_clock_mono_ms()};
   tg_progress_status ps = tg_progress_update(a->detector, &rec);
   pthread_mutex_unlock(&a->mu);
   if (ps != TG_PROGRESS_OK) {

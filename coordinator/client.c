@@ -1,6 +1,7 @@
 /* The leader-following client; see client.h. Channels are created lazily,
  * one per address, and kept: reconnecting is gRPC's job. */
 #include "coordinator/client.h"
+#include "common/clock/clock.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -72,11 +73,6 @@ static void shared_put(tg_rpc_channel *ch) {
   pthread_mutex_unlock(&shared_mu);
 }
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 tg_coord_client *tg_coord_client_new(const char *endpoints, const tg_rpc_tls *tls, char *err,
                                      size_t errlen) {
@@ -159,13 +155,13 @@ static size_t follow_hint(tg_coord_client *cl, const char *message) {
 tg_rpc_code tg_coord_client_call(tg_coord_client *cl, const char *path, const ProtobufCMessage *req,
                                  const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
                                  int64_t timeout_ms, tg_rpc_status *st) {
-  int64_t deadline = mono_ms() + timeout_ms;
+  int64_t deadline = tg_clock_mono_ms() + timeout_ms;
   tg_rpc_status local = {0};
   if (!st) st = &local;
   tg_rpc_code code = TG_RPC_UNAVAILABLE;
   tg_rpc_status_set(st, TG_RPC_UNAVAILABLE, "no coordinator answered");
   for (int attempt = 0;; attempt++) {
-    int64_t left = deadline - mono_ms();
+    int64_t left = deadline - tg_clock_mono_ms();
     if (left <= 0) break;
     tg_rpc_channel *ch = channel(cl, cl->current);
     if (ch) {

@@ -15,6 +15,7 @@
  * coordinator that takes over gives every known node a full heartbeat
  * timeout to find it. */
 #include "coordinator/coordinator_internal.h"
+#include "common/clock/clock.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -33,17 +34,7 @@
 #define DECIDE_MIN_GAP_MS 5
 #define CAMPAIGN_WAIT_MS 500
 
-int64_t tg_mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-int64_t tg_unix_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int tg_valid_node_id(const char *id) {
   size_t n = id ? strlen(id) : 0;
@@ -130,7 +121,7 @@ static void set_positions(tg_coord *c) {
   }
 }
 
-static int quarantined(const tg_node *n) { return n->quarantined_until_unix_ms > tg_unix_ms(); }
+static int quarantined(const tg_node *n) { return n->quarantined_until_unix_ms > tg_clock_unix_ms(); }
 
 /* Whether the node may hold ranks: alive, healthy, not out by decision.
  * A cordoned node keeps its place in the current world but takes no new one. */
@@ -191,7 +182,7 @@ void tg_coord_record_fault(tg_coord *c, const Tardigrade__V1__Fault *f) {
   free(copy->fault_id == protobuf_c_empty_string ? NULL : copy->fault_id);
   copy->fault_id = strdup(id);
   if (!copy->fault_id) copy->fault_id = (char *)protobuf_c_empty_string;
-  if (copy->detected_unix_ms == 0) copy->detected_unix_ms = tg_unix_ms();
+  if (copy->detected_unix_ms == 0) copy->detected_unix_ms = tg_clock_unix_ms();
 
   TG_WARN("fault %s: %s on %s rank %d gen %" PRIu64 ": %s", copy->fault_id,
           protobuf_c_enum_descriptor_get_value(&tardigrade__v1__fault_kind__descriptor, copy->kind)
@@ -203,7 +194,7 @@ void tg_coord_record_fault(tg_coord *c, const Tardigrade__V1__Fault *f) {
   /* Count toward quarantine. */
   tg_node *n = tg_coord_find_node(c, copy->node_id);
   if (n && copy->severity >= TARDIGRADE__V1__SEVERITY__SEVERITY_ERROR) {
-    int64_t now = tg_unix_ms();
+    int64_t now = tg_clock_unix_ms();
     n->fault_count++;
     size_t k = 0;
     for (size_t i = 0; i < n->n_recent_faults; i++)
@@ -277,7 +268,7 @@ static Tardigrade__V1__World *make_world(tg_coord *c, tg_node **members, size_t 
   w.store_prefix = prefix;
   w.resume_step = (n == 0 || resume == UINT64_MAX) ? 0 : resume;
   w.previous_world_size = c->world ? c->world->world_size : 0;
-  w.formed_unix_ms = tg_unix_ms();
+  w.formed_unix_ms = tg_clock_unix_ms();
   w.reason = (char *)reason;
   size_t len = tardigrade__v1__world__get_packed_size(&w);
   buf = malloc(len ? len : 1);
@@ -323,7 +314,7 @@ static int64_t decide(tg_coord *c) {
   int64_t wake = 0;
   if (!pn || !cur) goto out;
 
-  int64_t now = tg_mono_ms();
+  int64_t now = tg_clock_mono_ms();
   size_t n_eligible = 0;
   for (size_t i = 0; i < n; i++) {
     tg_node *nd = c->nodes[i];
@@ -522,7 +513,7 @@ static void load_node(const char *key, ProtobufCMessage *msg, void *user) {
    * registers or heartbeats again. */
   n->alive = !n->left && !r->dead;
   n->healthy = 1;
-  n->last_heartbeat_ms = tg_mono_ms();
+  n->last_heartbeat_ms = tg_clock_mono_ms();
 skip:
   protobuf_c_message_free_unpacked(msg, NULL);
 }
@@ -590,7 +581,7 @@ static int take_over(tg_coord *c) {
   if (tg_store_list(c->store, "faults/", &tardigrade__v1__fault__descriptor, load_fault, c, NULL,
                     &st) != TG_RPC_OK)
     goto fail;
-  if (c->fault_seq < (uint64_t)tg_unix_ms() * 1000) c->fault_seq = (uint64_t)tg_unix_ms() * 1000;
+  if (c->fault_seq < (uint64_t)tg_clock_unix_ms() * 1000) c->fault_seq = (uint64_t)tg_clock_unix_ms() * 1000;
   pthread_mutex_lock(&c->mu);
   set_positions(c);
   c->decide_needed = 1;
@@ -635,14 +626,14 @@ static void check_liveness(tg_coord *c, int64_t now) {
     f.rank = -1;
     f.generation = c->generation;
     f.detail = detail;
-    f.occurred_unix_ms = tg_unix_ms() - (now - n->last_heartbeat_ms);
+    f.occurred_unix_ms = tg_clock_unix_ms() - (now - n->last_heartbeat_ms);
     tg_coord_record_fault(c, &f);
   }
 }
 
 /* A quarantine that ended changes eligibility (mu held). */
 static void check_quarantines(tg_coord *c) {
-  int64_t now = tg_unix_ms();
+  int64_t now = tg_clock_unix_ms();
   for (size_t i = 0; i < c->n_nodes; i++) {
     tg_node *n = c->nodes[i];
     if (n->quarantined_until_unix_ms && n->quarantined_until_unix_ms <= now) {
@@ -707,7 +698,7 @@ static void *ticker_main(void *arg) {
       step_down(c, "election lease lost");
       continue;
     }
-    int64_t now = tg_mono_ms();
+    int64_t now = tg_clock_mono_ms();
     check_liveness(c, now);
     check_quarantines(c);
     int64_t next = 0;
@@ -827,7 +818,7 @@ tg_coord *tg_coord_new(const tg_coord_config *cfg, char *err, size_t errlen) {
   Tardigrade__V1__LeaderRecord lr = TARDIGRADE__V1__LEADER_RECORD__INIT;
   lr.coordinator_id = c->cfg.coordinator_id;
   lr.address = c->cfg.advertise;
-  lr.since_unix_ms = tg_unix_ms();
+  lr.since_unix_ms = tg_clock_unix_ms();
   c->leader_value_len = tardigrade__v1__leader_record__get_packed_size(&lr);
   c->leader_value = malloc(c->leader_value_len + 1);
   if (!c->leader_value) {

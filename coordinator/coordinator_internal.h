@@ -107,8 +107,6 @@ struct tg_coord {
 };
 
 /* coordinator.c */
-int64_t tg_mono_ms(void);
-int64_t tg_unix_ms(void);
 tg_node *tg_coord_find_node(tg_coord *c, const char *id);
 /* Adds a node to the table (mu held); NULL when the table is full. */
 tg_node *tg_coord_add_node(tg_coord *c, const char *id);

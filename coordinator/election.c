@@ -3,6 +3,7 @@
  * standby blocks in a watch on the key, with a deadline, so it notices a
  * vacancy within one watch round trip of the old lease expiring. */
 #include "coordinator/election.h"
+#include "common/clock/clock.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -21,11 +22,6 @@ struct tg_election {
   tg_etcd_keepalive *keepalive;
 };
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 tg_election *tg_election_new(tg_etcd *etcd, const char *key, const void *value, size_t value_len,
                              int64_t ttl_s) {
@@ -116,7 +112,7 @@ out:
 int tg_election_campaign(tg_election *e, int64_t timeout_ms, void *holder, size_t *holder_len,
                          tg_rpc_status *st) {
   if (e->revision) return 1;
-  int64_t deadline = now_ms() + timeout_ms;
+  int64_t deadline = tg_clock_mono_ms() + timeout_ms;
   size_t cap = holder_len ? *holder_len : 0;
   for (;;) {
     int64_t seen = 0;
@@ -126,13 +122,13 @@ int tg_election_campaign(tg_election *e, int64_t timeout_ms, void *holder, size_
       rc = try_once(e, holder, holder_len, &seen, st); /* with a new lease */
     if (rc != 0) return rc;
     /* Held by another: wait for the key to go, then try again. */
-    int64_t left = deadline - now_ms();
+    int64_t left = deadline - tg_clock_mono_ms();
     if (left <= 0) return 0;
     tg_etcd_watch_opts wo = {.start_revision = seen + 1};
     tg_etcd_watch *w = tg_etcd_watch_open(e->etcd, e->key, &wo, st);
     if (!w) return -1;
     int vacant = 0;
-    while (!vacant && (left = deadline - now_ms()) > 0) {
+    while (!vacant && (left = deadline - tg_clock_mono_ms()) > 0) {
       tg_etcd_event ev = {0};
       tg_etcd_watch_result wr = tg_etcd_watch_next(w, &ev, left, st);
       if (wr == TG_ETCD_WATCH_EVENT) {

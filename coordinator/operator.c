@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/log/log.h"
+#include "common/clock/clock.h"
 #include "coordinator/coordinator_internal.h"
 
 #define DEFAULT_FAULTS 100
@@ -64,7 +65,7 @@ static void on_list_nodes(tg_rpc_call *call, const ProtobufCMessage *msg, void *
     tg_rpc_call_finish(call, TG_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
     goto out;
   }
-  int64_t mono = tg_mono_ms(), unix_now = tg_unix_ms();
+  int64_t mono = tg_clock_mono_ms(), unix_now = tg_clock_unix_ms();
   for (size_t i = 0; i < n; i++) {
     tg_node *nd = c->nodes[i];
     tardigrade__v1__node_status__init(&ns[i]);

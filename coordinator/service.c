@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/log/log.h"
+#include "common/clock/clock.h"
 #include "coordinator/coordinator_internal.h"
 
 #define MAX_TEXT 256      /* hostnames, addresses, names */
@@ -132,12 +133,12 @@ static void on_register(tg_rpc_call *call, const ProtobufCMessage *msg, void *us
   info = NULL;
   uint64_t base = n->incarnation > req->previous_incarnation ? n->incarnation : req->previous_incarnation;
   n->incarnation = base + 1;
-  if (is_new) n->registered_unix_ms = tg_unix_ms();
+  if (is_new) n->registered_unix_ms = tg_clock_unix_ms();
   n->left = 0;
   n->alive = 1;
   n->healthy = 1;
   n->unhealthy_since_ms = 0;
-  n->last_heartbeat_ms = tg_mono_ms();
+  n->last_heartbeat_ms = tg_clock_mono_ms();
   n->dirty = 1;
   if (n->heartbeat_call) {
     tg_rpc_call_finish(n->heartbeat_call, TG_RPC_FAILED_PRECONDITION,
@@ -202,7 +203,7 @@ static void on_heartbeat(tg_rpc_call *call, const ProtobufCMessage *msg, void *u
     n->heartbeat_call = call;
     n->notified_generation = 0;
   }
-  int64_t now = tg_mono_ms();
+  int64_t now = tg_clock_mono_ms();
   n->last_heartbeat_ms = now;
   if (!n->alive) {
     n->alive = 1;
@@ -416,7 +417,7 @@ static void on_report_fault(tg_rpc_call *call, const ProtobufCMessage *msg, void
       c->restart_requested = 1;
     } else {
       n->healthy = 0;
-      n->unhealthy_since_ms = tg_mono_ms();
+      n->unhealthy_since_ms = tg_clock_mono_ms();
     }
     tg_coord_poke(c);
   }

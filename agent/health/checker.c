@@ -19,6 +19,7 @@
  * Callbacks are collected under the lock and called after it is released,
  * on the monitor thread, so a callback may query the checker. */
 #include "agent/health/checker.h"
+#include "common/clock/clock.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -146,17 +147,7 @@ Tardigrade__V1__Severity tg_health_xid_severity(uint32_t xid) {
 
 /* ---- small helpers ---------------------------------------------------- */
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-static int64_t unix_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Waits on c->cv until the monotonic time deadline_ms. */
 static void wait_until(tg_health_checker *c, int64_t deadline_ms) {
@@ -345,7 +336,7 @@ static void raise_fault(tg_health_checker *c, int source, const tg_health_fault 
   }
   active_fault *a = &c->active[c->n_active++];
   a->f = *f;
-  a->f.detected_unix_ms = unix_ms();
+  a->f.detected_unix_ms = tg_clock_unix_ms();
   if (a->f.occurred_unix_ms == 0) a->f.occurred_unix_ms = a->f.detected_unix_ms;
   a->source = source;
   a->expires_ms = expires_ms;
@@ -385,7 +376,7 @@ static void apply_result(tg_health_checker *c, check *ck, int64_t now_ms) {
   int source = ck->index;
   for (size_t i = 0; i < c->n_active; i++)
     if (c->active[i].source == source) c->active[i].seen = 0;
-  int64_t run_unix_ms = unix_ms() - (now_ms - ck->started_ms);
+  int64_t run_unix_ms = tg_clock_unix_ms() - (now_ms - ck->started_ms);
   for (size_t i = 0; i < ck->result.n; i++) {
     obs *x = &ck->result.items[i];
     x->f.occurred_unix_ms = run_unix_ms;
@@ -451,7 +442,7 @@ static void *worker_main(void *arg) {
   tg_health_checker *c = ck->owner;
   pthread_mutex_lock(&c->mu);
   for (;;) {
-    while (ck->state != RUN_REQUESTED && !c->stopping) wait_until(c, mono_ms() + IDLE_WAIT_MS);
+    while (ck->state != RUN_REQUESTED && !c->stopping) wait_until(c, tg_clock_mono_ms() + IDLE_WAIT_MS);
     if (c->stopping) break;
     ck->state = RUN_RUNNING;
     int64_t now = ck->started_ms;
@@ -478,7 +469,7 @@ static void *monitor_main(void *arg) {
   tg_health_checker *c = arg;
   pthread_mutex_lock(&c->mu);
   while (!c->stopping) {
-    int64_t now = mono_ms();
+    int64_t now = tg_clock_mono_ms();
     int64_t wake = now + IDLE_WAIT_MS;
     for (int i = 0; i < N_CHECKS; i++) {
       check *ck = &c->checks[i];
@@ -630,14 +621,14 @@ int tg_health_checker_stop(tg_health_checker *c) {
   if (join_monitor) pthread_join(c->monitor, NULL);
 
   pthread_mutex_lock(&c->mu);
-  int64_t deadline = mono_ms() + c->cfg.stop_timeout_ms;
+  int64_t deadline = tg_clock_mono_ms() + c->cfg.stop_timeout_ms;
   for (;;) {
     stuck = 0;
     for (int i = 0; i < N_CHECKS; i++) {
       check *ck = &c->checks[i];
       if (ck->thread_started && !ck->joined && !ck->exited) stuck++;
     }
-    if (stuck == 0 || mono_ms() >= deadline) break;
+    if (stuck == 0 || tg_clock_mono_ms() >= deadline) break;
     wait_until(c, deadline);
   }
   for (int i = 0; i < N_CHECKS; i++) {
@@ -677,7 +668,7 @@ void tg_health_checker_free(tg_health_checker *c) {
 
 void tg_health_checker_check_now(tg_health_checker *c) {
   pthread_mutex_lock(&c->mu);
-  int64_t now = mono_ms();
+  int64_t now = tg_clock_mono_ms();
   for (int i = 0; i < N_CHECKS; i++) c->checks[i].next_ms = now;
   pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);

@@ -13,6 +13,7 @@
  * packets leaves the old TCP connection stuck in retransmission backoff,
  * while a fresh connection notices a healed link at the next probe. */
 #include "agent/probe/probe.h"
+#include "common/clock/clock.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -32,11 +33,6 @@
 
 /* ---------------------------------------------------------------- time */
 
-static int64_t mono_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static int64_t unix_us(void) {
   struct timespec ts;
@@ -307,10 +303,10 @@ static int probe_once(tg_prober *p, peer *pr, int64_t *rtt_us, char *error, size
   tg_rpc_call_opts opts = {.deadline_ms = p->cfg.timeout_ms};
   tg_rpc_status st = {0};
   ProtobufCMessage *msg = NULL;
-  int64_t start = mono_us();
+  int64_t start = tg_clock_mono_us();
   tg_rpc_code code = tg_rpc_unary(pr->ch, PROBE_PATH, &req.base, &tardigrade__v1__probe_response__descriptor,
                                   &msg, &opts, &st);
-  *rtt_us = mono_us() - start;
+  *rtt_us = tg_clock_mono_us() - start;
   int ok = 0;
   const Tardigrade__V1__ProbeResponse *resp = (const Tardigrade__V1__ProbeResponse *)msg;
   if (code != TG_RPC_OK)
@@ -338,10 +334,10 @@ static void *peer_main(void *arg) {
   tg_prober *p = pr->owner;
   int64_t period_us = p->cfg.period_ms * 1000;
   /* Peers added together do not all probe at the same instant. */
-  int64_t next = mono_us() + (int64_t)(rand_r(&pr->seed) % (unsigned)(period_us / 4 + 1));
+  int64_t next = tg_clock_mono_us() + (int64_t)(rand_r(&pr->seed) % (unsigned)(period_us / 4 + 1));
   for (;;) {
     pthread_mutex_lock(&p->mu);
-    while (!pr->stop && mono_us() < next) {
+    while (!pr->stop && tg_clock_mono_us() < next) {
       struct timespec at = mono_timespec_at_us(next);
       pthread_cond_timedwait(&pr->wake, &p->mu, &at);
     }
@@ -352,7 +348,7 @@ static void *peer_main(void *arg) {
     int64_t rtt_us = 0;
     char error[128] = "";
     int ok = probe_once(p, pr, &rtt_us, error, sizeof error);
-    if (next < mono_us()) next = mono_us(); /* a probe ran past the period */
+    if (next < tg_clock_mono_us()) next = tg_clock_mono_us(); /* a probe ran past the period */
     event_batch b = {.n = 0};
     pthread_mutex_lock(&p->mu);
     record(p, pr, ok, rtt_us, error, &b);
@@ -389,7 +385,7 @@ static peer *peer_new(tg_prober *p, const tg_probe_peer *in) {
   snprintf(pr->st.node_id, sizeof pr->st.node_id, "%s", in->node_id);
   snprintf(pr->st.address, sizeof pr->st.address, "%s", in->address);
   pr->st.rtt_last_us = pr->st.rtt_median_us = pr->st.rtt_p99_us = pr->st.rtt_baseline_us = -1;
-  pr->seed = (unsigned)mono_us() ^ (unsigned)(uintptr_t)pr;
+  pr->seed = (unsigned)tg_clock_mono_us() ^ (unsigned)(uintptr_t)pr;
   return pr;
 }
 

@@ -4,6 +4,7 @@
  * heartbeat is due. Any broken stream or a rejoin request means: tear the
  * streams down and register again. */
 #include "agent/session/session.h"
+#include "common/clock/clock.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -36,11 +37,6 @@ struct tg_session {
   tg_rpc_stream *world;
 };
 
-int64_t tg_session_mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(int64_t ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -99,7 +95,7 @@ static int send_heartbeat(tg_session *s) {
   int rc = tg_rpc_stream_send(s->heartbeat, &hb.base, CALL_TIMEOUT_MS);
   if (rc == 0) {
     pthread_mutex_lock(&s->mu);
-    s->state.last_heartbeat_ms = tg_session_mono_ms();
+    s->state.last_heartbeat_ms = tg_clock_mono_ms();
     pthread_mutex_unlock(&s->mu);
   }
   return rc;
@@ -155,7 +151,7 @@ static void take_world(tg_session *s, const Tardigrade__V1__WorldUpdate *u) {
     s->state.generation = w->generation;
     s->state.world_size = w->world_size;
     s->state.position = u->position;
-    s->state.world_received_ms = tg_session_mono_ms();
+    s->state.world_received_ms = tg_clock_mono_ms();
     s->state.worlds_received++;
     snprintf(s->state.reason, sizeof s->state.reason, "%s", w->reason);
     pthread_cond_broadcast(&s->changed);
@@ -198,10 +194,10 @@ static void *session_main(void *arg) {
         sleep_ms(RETRY_MS);
         continue;
       }
-      next_heartbeat = tg_session_mono_ms() + interval;
+      next_heartbeat = tg_clock_mono_ms() + interval;
       continue;
     }
-    int64_t wait = next_heartbeat - tg_session_mono_ms();
+    int64_t wait = next_heartbeat - tg_clock_mono_ms();
     ProtobufCMessage *m = NULL;
     tg_rpc_status st = {0};
     tg_rpc_recv_result r = tg_rpc_stream_recv(s->world, &m, wait > 0 ? wait : 0, &st);
@@ -217,11 +213,11 @@ static void *session_main(void *arg) {
       continue;
     }
     pthread_mutex_lock(&s->mu);
-    int due = tg_session_mono_ms() >= next_heartbeat;
+    int due = tg_clock_mono_ms() >= next_heartbeat;
     silent = s->silent; /* cut off while this thread waited? */
     pthread_mutex_unlock(&s->mu);
     if (due) {
-      next_heartbeat = tg_session_mono_ms() + interval;
+      next_heartbeat = tg_clock_mono_ms() + interval;
       if (!silent && send_heartbeat(s) != 0) close_streams(s);
     }
   }

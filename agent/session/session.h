@@ -84,6 +84,5 @@ int tg_session_wait_generation(tg_session *s, uint64_t min_generation, int64_t t
 /* Waits until registered (again); 0 or -1 after timeout_ms. */
 int tg_session_wait_registered(tg_session *s, int64_t timeout_ms);
 
-int64_t tg_session_mono_ms(void);
 
 #endif

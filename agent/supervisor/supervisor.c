@@ -19,6 +19,7 @@
  * data prepared before the fork (argv, the environment, paths); an exec
  * failure is reported back through a close-on-exec pipe. */
 #include "agent/supervisor/supervisor.h"
+#include "common/clock/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -100,11 +101,6 @@ struct tg_supervisor {
   slot *slot;
 };
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -382,9 +378,9 @@ static void child_exec(const tg_supervisor *s, const slot *sl, pid_t parent, int
 static int await_exec(int fd, pid_t pid, char *err, size_t errlen) {
   child_failure f;
   size_t got = 0;
-  int64_t deadline = mono_ms() + EXEC_CHECK_MS;
+  int64_t deadline = tg_clock_mono_ms() + EXEC_CHECK_MS;
   while (got < sizeof f) {
-    int64_t left = deadline - mono_ms();
+    int64_t left = deadline - tg_clock_mono_ms();
     if (left <= 0) {
       TG_WARN("supervisor: pid %d has not reached exec after %d ms; treating it as started",
               (int)pid, EXEC_CHECK_MS);
@@ -464,7 +460,7 @@ static void handle_exit(tg_supervisor *s, int i, pid_t pid, int status) {
   int code = -1, sig = 0;
   if (status != -1 && WIFEXITED(status)) code = WEXITSTATUS(status);
   if (status != -1 && WIFSIGNALED(status)) sig = WTERMSIG(status);
-  int64_t now = mono_ms();
+  int64_t now = tg_clock_mono_ms();
   pthread_mutex_lock(&s->mu);
   int will_restart = 0, gave_up = 0;
   sl->restart_pending = 0;
@@ -529,7 +525,7 @@ static int reap_exited(tg_supervisor *s) {
 static void wait_for_events(tg_supervisor *s, int64_t until_ms) {
   struct pollfd pfd[TG_SUPERVISOR_MAX_SLOTS + 1];
   nfds_t n = 0;
-  int64_t timeout = until_ms - mono_ms();
+  int64_t timeout = until_ms - tg_clock_mono_ms();
   pfd[n++] = (struct pollfd){s->wake_fd, POLLIN, 0};
   for (int i = 0; i < s->slots; i++) {
     if (!s->slot[i].running) continue;
@@ -558,7 +554,7 @@ static void signal_groups(tg_supervisor *s, int sig) {
 
 static int reap_until(tg_supervisor *s, int64_t deadline_ms) {
   int running;
-  while ((running = reap_exited(s)) > 0 && mono_ms() < deadline_ms)
+  while ((running = reap_exited(s)) > 0 && tg_clock_mono_ms() < deadline_ms)
     wait_for_events(s, deadline_ms);
   return running;
 }
@@ -571,12 +567,12 @@ static int do_stop(tg_supervisor *s, int64_t grace_ms, char *err, size_t errlen)
   pthread_mutex_unlock(&s->mu);
   signal_groups(s, SIGTERM);
   signal_groups(s, SIGCONT); /* a stopped process cannot act on SIGTERM */
-  int running = reap_until(s, mono_ms() + grace_ms);
+  int running = reap_until(s, tg_clock_mono_ms() + grace_ms);
   if (running > 0) {
     TG_WARN("supervisor: %d trainer(s) still running %lld ms after SIGTERM; sending SIGKILL",
             running, (long long)grace_ms);
     signal_groups(s, SIGKILL);
-    running = reap_until(s, mono_ms() + KILL_REAP_MS);
+    running = reap_until(s, tg_clock_mono_ms() + KILL_REAP_MS);
   }
   pthread_mutex_lock(&s->mu);
   s->stopping = 0;
@@ -618,7 +614,7 @@ static int do_start(tg_supervisor *s, char *err, size_t errlen) {
 }
 
 static void run_due_restarts(tg_supervisor *s) {
-  int64_t now = mono_ms();
+  int64_t now = tg_clock_mono_ms();
   for (int i = 0; i < s->slots; i++) {
     pthread_mutex_lock(&s->mu);
     int due = s->started && !s->stopping && s->slot[i].restart_pending &&
@@ -634,7 +630,7 @@ static void run_due_restarts(tg_supervisor *s) {
 }
 
 static int64_t next_wake_ms(tg_supervisor *s) {
-  int64_t wake = mono_ms() + IDLE_TICK_MS;
+  int64_t wake = tg_clock_mono_ms() + IDLE_TICK_MS;
   pthread_mutex_lock(&s->mu);
   for (int i = 0; i < s->slots; i++)
     if (s->slot[i].restart_pending && s->slot[i].restart_due_ms < wake)
@@ -683,10 +679,10 @@ static int run_command(tg_supervisor *s, command cmd, int64_t grace_ms, int64_t 
     set_err(err, errlen, "not allowed from a supervisor callback");
     return -1;
   }
-  int64_t deadline = mono_ms() + wait_ms;
+  int64_t deadline = tg_clock_mono_ms() + wait_ms;
   int rc = -1;
   pthread_mutex_lock(&s->mu);
-  while (s->cmd != CMD_NONE && mono_ms() < deadline) timed_wait(s, deadline);
+  while (s->cmd != CMD_NONE && tg_clock_mono_ms() < deadline) timed_wait(s, deadline);
   if (s->cmd != CMD_NONE) {
     set_err(err, errlen, "supervisor busy with another command");
     goto out;
@@ -697,7 +693,7 @@ static int run_command(tg_supervisor *s, command cmd, int64_t grace_ms, int64_t 
   uint64_t one = 1;
   ssize_t w = write(s->wake_fd, &one, sizeof one);
   (void)w;
-  while (s->done_serial < serial && mono_ms() < deadline) timed_wait(s, deadline);
+  while (s->done_serial < serial && tg_clock_mono_ms() < deadline) timed_wait(s, deadline);
   if (s->done_serial < serial) {
     set_err(err, errlen, "no answer from the supervisor thread in %lld ms", (long long)wait_ms);
     goto out;
@@ -730,7 +726,7 @@ int tg_supervisor_stop(tg_supervisor *s, int64_t grace_ms) {
 
 int tg_supervisor_slot_state(tg_supervisor *s, int slot_index, tg_supervisor_slot *out) {
   if (!s || !out || slot_index < 0 || slot_index >= s->slots) return -1;
-  int64_t now = mono_ms();
+  int64_t now = tg_clock_mono_ms();
   pthread_mutex_lock(&s->mu);
   const slot *sl = &s->slot[slot_index];
   out->pid = sl->pid;

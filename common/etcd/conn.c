@@ -19,13 +19,9 @@
 #include <time.h>
 
 #include "common/etcd/etcd_internal.h"
+#include "common/clock/clock.h"
 #include "common/log/log.h"
 
-int64_t etcd_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void etcd_sleep_ms(int64_t ms) {
   if (ms <= 0) return;
@@ -289,7 +285,7 @@ int etcd_metadata(tg_etcd *c, etcd_conn *conn, int hasleader, int64_t timeout_ms
 tg_rpc_code etcd_unary(tg_etcd *c, const char *path, const ProtobufCMessage *req,
                        const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
                        tg_rpc_status *st) {
-  int64_t start = etcd_now_ms();
+  int64_t start = tg_clock_mono_ms();
   int64_t deadline = start + c->request_timeout_ms;
   /* With several members, one attempt may not eat the whole budget: a
    * member without a leader (an election in progress, or cut off from the
@@ -307,7 +303,7 @@ tg_rpc_code etcd_unary(tg_etcd *c, const char *path, const ProtobufCMessage *req
   tg_rpc_status last = {TG_RPC_DEADLINE_EXCEEDED, "no attempt made"};
   *resp = NULL;
   for (;;) {
-    int64_t left = deadline - etcd_now_ms();
+    int64_t left = deadline - tg_clock_mono_ms();
     if (left <= 0) break;
     int64_t attempt_ms = left < attempt_cap ? left : attempt_cap;
     attempts++;
@@ -349,7 +345,7 @@ tg_rpc_code etcd_unary(tg_etcd *c, const char *path, const ProtobufCMessage *req
     TG_DEBUG("etcd: %s at %s failed (%s: %s), trying the next endpoint", path,
              c->endpoints[conn->endpoint], tg_rpc_code_name(last.code), last.message);
     etcd_conn_release(c, conn, 1);
-    left = deadline - etcd_now_ms();
+    left = deadline - tg_clock_mono_ms();
     etcd_sleep_ms(backoff < left ? backoff : left);
     backoff = backoff * 2 > ETCD_BACKOFF_MAX_MS ? ETCD_BACKOFF_MAX_MS : backoff * 2;
   }

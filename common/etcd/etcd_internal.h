@@ -46,7 +46,6 @@ struct tg_etcd {
   int64_t request_timeout_ms;
 };
 
-int64_t etcd_now_ms(void);
 void etcd_sleep_ms(int64_t ms);
 
 /* The channel for the preferred endpoint (created if needed), referenced. */

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "common/etcd/etcd_internal.h"
+#include "common/clock/clock.h"
 #include "common/log/log.h"
 
 #define KEEPALIVE_MIN_INTERVAL_MS 200
@@ -92,7 +93,7 @@ struct tg_etcd_keepalive {
 static int ka_wait(tg_etcd_keepalive *ka, int64_t until_ms) {
   pthread_mutex_lock(&ka->mu);
   while (!ka->stop) {
-    int64_t now = etcd_now_ms();
+    int64_t now = tg_clock_mono_ms();
     if (now >= until_ms) break;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -150,10 +151,10 @@ static int ka_refresh(tg_etcd_keepalive *ka, tg_rpc_status *st) {
     if (st->code == TG_RPC_OK) tg_rpc_status_set(st, TG_RPC_UNAVAILABLE, "keep-alive send failed");
     return -1;
   }
-  int64_t deadline = etcd_now_ms() + timeout;
+  int64_t deadline = tg_clock_mono_ms() + timeout;
   for (;;) {
     ProtobufCMessage *m = NULL;
-    int64_t left = deadline - etcd_now_ms();
+    int64_t left = deadline - tg_clock_mono_ms();
     if (left <= 0) {
       tg_rpc_status_set(st, TG_RPC_DEADLINE_EXCEEDED, "no keep-alive answer in %lld ms",
                         (long long)timeout);
@@ -174,7 +175,7 @@ static int ka_refresh(tg_etcd_keepalive *ka, tg_rpc_status *st) {
     pthread_mutex_lock(&ka->mu);
     ka->ttl_s = ttl;
     pthread_mutex_unlock(&ka->mu);
-    ka->expires_at_ms = etcd_now_ms() + ttl * 1000;
+    ka->expires_at_ms = tg_clock_mono_ms() + ttl * 1000;
     return 1;
   }
 }
@@ -191,7 +192,7 @@ static void *ka_main(void *arg) {
       backoff = ETCD_BACKOFF_MIN_MS;
       int64_t interval = ka->ttl_s * 1000 / 3;
       if (interval < KEEPALIVE_MIN_INTERVAL_MS) interval = KEEPALIVE_MIN_INTERVAL_MS;
-      if (ka_wait(ka, etcd_now_ms() + interval)) break;
+      if (ka_wait(ka, tg_clock_mono_ms() + interval)) break;
       continue;
     }
     if (refreshed == 0) {
@@ -207,13 +208,13 @@ static void *ka_main(void *arg) {
     TG_DEBUG("etcd: keep-alive of lease %llx: %s: %s; reconnecting",
              (unsigned long long)ka->lease_id, tg_rpc_code_name(st.code), st.message);
     ka_close_stream(ka, etcd_retryable(&st) || st.code == TG_RPC_CANCELLED);
-    if (etcd_now_ms() >= ka->expires_at_ms) {
+    if (tg_clock_mono_ms() >= ka->expires_at_ms) {
       TG_WARN("etcd: lease %llx not refreshed for its whole TTL (%s), counting it lost",
               (unsigned long long)ka->lease_id, st.message);
       lost = 1;
       break;
     }
-    if (ka_wait(ka, etcd_now_ms() + backoff)) break;
+    if (ka_wait(ka, tg_clock_mono_ms() + backoff)) break;
     backoff = backoff * 2 > ETCD_BACKOFF_MAX_MS ? ETCD_BACKOFF_MAX_MS : backoff * 2;
   }
   ka_close_stream(ka, 0);
@@ -250,7 +251,7 @@ tg_etcd_keepalive *tg_etcd_keepalive_start(tg_etcd *c, int64_t lease_id,
   ka->on_lost = on_lost;
   ka->user = user;
   ka->ttl_s = granted;
-  ka->expires_at_ms = etcd_now_ms() + ttl_left * 1000;
+  ka->expires_at_ms = tg_clock_mono_ms() + ttl_left * 1000;
   pthread_mutex_init(&ka->mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "common/etcd/etcd_internal.h"
+#include "common/clock/clock.h"
 #include "common/log/log.h"
 
 #define ETCD_WATCH_MIN_SEND_MS 200
@@ -108,7 +109,7 @@ static void stream_failed(tg_etcd_watch *w, const tg_rpc_status *st) {
            w->conn ? w->c->endpoints[w->conn->endpoint] : "?", tg_rpc_code_name(st->code),
            st->message, (long long)w->next_rev);
   close_stream(w, 1);
-  w->retry_at_ms = etcd_now_ms() + w->backoff_ms;
+  w->retry_at_ms = tg_clock_mono_ms() + w->backoff_ms;
   w->backoff_ms = w->backoff_ms * 2 > ETCD_BACKOFF_MAX_MS ? ETCD_BACKOFF_MAX_MS : w->backoff_ms * 2;
 }
 
@@ -128,7 +129,7 @@ static int open_stream(tg_etcd_watch *w, int64_t deadline_ms, tg_rpc_status *st)
   req.create_request = &w->create;
   w->create.start_revision = w->next_rev;
   /* Bounded by the caller's wait, but long enough for a fresh connection. */
-  int64_t send_ms = deadline_ms - etcd_now_ms();
+  int64_t send_ms = deadline_ms - tg_clock_mono_ms();
   if (send_ms < ETCD_WATCH_MIN_SEND_MS) send_ms = ETCD_WATCH_MIN_SEND_MS;
   if (send_ms > w->c->request_timeout_ms) send_ms = w->c->request_timeout_ms;
   if (tg_rpc_stream_send(w->stream, &req.base, send_ms) != 0) {
@@ -190,17 +191,17 @@ static void handle_response(tg_etcd_watch *w, Etcdserverpb__WatchResponse *wr) {
 static void pump(tg_etcd_watch *w, int64_t deadline_ms) {
   tg_rpc_status st = {0};
   if (!w->stream) {
-    int64_t now = etcd_now_ms();
+    int64_t now = tg_clock_mono_ms();
     if (now < w->retry_at_ms) {
       etcd_sleep_ms((w->retry_at_ms < deadline_ms ? w->retry_at_ms : deadline_ms) - now);
-      if (etcd_now_ms() < w->retry_at_ms) return;
+      if (tg_clock_mono_ms() < w->retry_at_ms) return;
     }
     if (open_stream(w, deadline_ms, &st) != 0) {
       stream_failed(w, &st);
       return;
     }
   }
-  int64_t left = deadline_ms - etcd_now_ms();
+  int64_t left = deadline_ms - tg_clock_mono_ms();
   if (left < 0) left = 0;
   ProtobufCMessage *m = NULL;
   tg_rpc_recv_result r = tg_rpc_stream_recv(w->stream, &m, left, &st);
@@ -250,8 +251,8 @@ tg_etcd_watch *tg_etcd_watch_open(tg_etcd *c, const char *key, const tg_etcd_wat
   w->create.range_end.len = e.len;
 
   /* Establish the watch now, so no change after open is missed. */
-  int64_t deadline = etcd_now_ms() + c->request_timeout_ms;
-  while (!w->created && !w->closed && etcd_now_ms() < deadline) pump(w, deadline);
+  int64_t deadline = tg_clock_mono_ms() + c->request_timeout_ms;
+  while (!w->created && !w->closed && tg_clock_mono_ms() < deadline) pump(w, deadline);
   if (w->closed) {
     if (st) *st = w->closed_status;
     goto err;
@@ -294,7 +295,7 @@ tg_etcd_watch_result tg_etcd_watch_next(tg_etcd_watch *w, tg_etcd_event *ev, int
     tg_rpc_status_set(st, TG_RPC_INVALID_ARGUMENT, "etcd watch next: missing argument");
     return TG_ETCD_WATCH_CLOSED;
   }
-  int64_t deadline = etcd_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+  int64_t deadline = tg_clock_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
   int pumped = 0; /* even a zero timeout looks at the stream once */
   for (;;) {
     if (w->pending && w->pending_next < w->pending->n_events) {
@@ -324,7 +325,7 @@ tg_etcd_watch_result tg_etcd_watch_next(tg_etcd_watch *w, tg_etcd_event *ev, int
       if (st) *st = w->closed_status;
       return TG_ETCD_WATCH_CLOSED;
     }
-    if (pumped && etcd_now_ms() >= deadline) {
+    if (pumped && tg_clock_mono_ms() >= deadline) {
       tg_rpc_status_set(st, TG_RPC_DEADLINE_EXCEEDED, "etcd watch: no event within %lld ms",
                         (long long)timeout_ms);
       return TG_ETCD_WATCH_TIMEOUT;

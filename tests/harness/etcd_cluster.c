@@ -12,6 +12,7 @@
  * live cluster is on a list that an atexit hook kills and removes; and
  * every wait (health, leader, exit, etcdctl) has a deadline. */
 #include "tests/harness/etcd_cluster.h"
+#include "common/clock/clock.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -84,11 +85,6 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
   va_end(ap);
 }
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(int64_t ms) {
   if (ms <= 0) return;
@@ -169,7 +165,7 @@ out:
 /* A minimal HTTP/1.0 GET to 127.0.0.1:port. Fills body (NUL-terminated,
  * at most cap - 1 bytes) and returns the HTTP status, or -1. */
 static int http_get(int port, const char *path, char *body, size_t cap, int64_t timeout_ms) {
-  int64_t deadline = now_ms() + timeout_ms;
+  int64_t deadline = tg_clock_mono_ms() + timeout_ms;
   int status = -1;
   size_t len = 0;
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -179,7 +175,7 @@ static int http_get(int port, const char *path, char *body, size_t cap, int64_t 
   if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
     if (errno != EINPROGRESS) goto out;
     struct pollfd p = {.fd = fd, .events = POLLOUT};
-    int64_t left = deadline - now_ms();
+    int64_t left = deadline - tg_clock_mono_ms();
     if (left <= 0 || poll(&p, 1, (int)left) != 1) goto out;
     int soerr = 0;
     socklen_t sl = sizeof soerr;
@@ -191,7 +187,7 @@ static int http_get(int port, const char *path, char *body, size_t cap, int64_t 
   for (;;) {
     if (len + 1 >= cap) break; /* bounded: keep what fits */
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    int64_t left = deadline - now_ms();
+    int64_t left = deadline - tg_clock_mono_ms();
     if (left <= 0 || poll(&p, 1, (int)left) != 1) goto out;
     ssize_t r = recv(fd, body + len, cap - 1 - len, 0);
     if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
@@ -324,7 +320,7 @@ static int member_is_leader(const member *mb) {
 /* Waits until every member in `which` (bitmask) is healthy. */
 static int wait_members_healthy(tg_etcd_cluster *c, unsigned which, int64_t timeout_ms, char *err,
                                 size_t errlen, int *failed_member) {
-  int64_t deadline = now_ms() + timeout_ms;
+  int64_t deadline = tg_clock_mono_ms() + timeout_ms;
   if (failed_member) *failed_member = -1;
   for (;;) {
     int all = 1;
@@ -339,7 +335,7 @@ static int wait_members_healthy(tg_etcd_cluster *c, unsigned which, int64_t time
       if (!member_healthy(&c->m[i])) all = 0;
     }
     if (all) return 0;
-    if (now_ms() >= deadline) {
+    if (tg_clock_mono_ms() >= deadline) {
       set_err(err, errlen, "etcd cluster not healthy within %lld ms", (long long)timeout_ms);
       return -1;
     }
@@ -388,7 +384,7 @@ static int start_attempt(tg_etcd_cluster *c, int attempt, char *err, size_t errl
     return -1;
   }
   snprintf(c->token, sizeof c->token, "tg-%d-%d-%lld", (int)getpid(), attempt,
-           (long long)now_ms());
+           (long long)tg_clock_mono_ms());
   layout_members(c, ports);
   int failed = -1;
   for (int i = 0; i < c->n; i++) {
@@ -574,12 +570,12 @@ int tg_etcd_cluster_wait_healthy(tg_etcd_cluster *c, int64_t timeout_ms, char *e
 
 int tg_etcd_cluster_leader(tg_etcd_cluster *c, int64_t timeout_ms) {
   if (!c) return -1;
-  int64_t deadline = now_ms() + timeout_ms;
+  int64_t deadline = tg_clock_mono_ms() + timeout_ms;
   for (;;) {
     for (int i = 0; i < c->n; i++) {
       if (member_alive(&c->m[i], NULL, 0) && member_is_leader(&c->m[i])) return i;
     }
-    if (now_ms() >= deadline) return -1;
+    if (tg_clock_mono_ms() >= deadline) return -1;
     sleep_ms(50);
   }
 }

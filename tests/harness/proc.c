@@ -1,6 +1,7 @@
 /* Test child processes; see proc.h. A fixed table of live children lets
  * the atexit handler kill everything a failing test left behind. */
 #include "tests/harness/proc.h"
+#include "common/clock/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -63,11 +64,6 @@ static void track(pid_t pid, int add) {
   pthread_mutex_unlock(&live_mu);
 }
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Starts a child; netns_fd >= 0 makes it join that network namespace
  * before exec (see tg_proc_start_in_netns). */
@@ -166,9 +162,9 @@ int tg_proc_signal(tg_proc *p, int sig) {
 }
 
 int tg_proc_wait(tg_proc *p, int64_t timeout_ms, int *status) {
-  int64_t deadline = mono_ms() + timeout_ms;
+  int64_t deadline = tg_clock_mono_ms() + timeout_ms;
   while (tg_proc_running(p)) {
-    if (mono_ms() >= deadline) return -1;
+    if (tg_clock_mono_ms() >= deadline) return -1;
     struct timespec ts = {0, 5 * 1000000};
     nanosleep(&ts, NULL);
   }
@@ -292,10 +288,10 @@ static int run_child(const char *const *argv, const char *const *env_extra, int 
   track(pid, 1);
   close(pipefd[1]);
   pipefd[1] = -1;
-  int64_t deadline = mono_ms() + timeout_ms;
+  int64_t deadline = tg_clock_mono_ms() + timeout_ms;
   char sink[1024];
   for (;;) {
-    int64_t left = deadline - mono_ms();
+    int64_t left = deadline - tg_clock_mono_ms();
     if (left <= 0) break;
     struct pollfd p = {.fd = pipefd[0], .events = POLLIN};
     int pr = poll(&p, 1, (int)left);
@@ -315,7 +311,7 @@ static int run_child(const char *const *argv, const char *const *env_extra, int 
   /* Reap within what is left of the deadline, else kill. */
   int st = 0;
   pid_t r;
-  while ((r = waitpid(pid, &st, WNOHANG)) == 0 && mono_ms() < deadline) {
+  while ((r = waitpid(pid, &st, WNOHANG)) == 0 && tg_clock_mono_ms() < deadline) {
     struct timespec ts = {0, 5 * 1000000};
     nanosleep(&ts, NULL);
   }

@@ -2,6 +2,7 @@
  * agent's coordinator session (agent/session) with made-up heartbeat
  * contents: a health flag and a committed step the test sets. */
 #include "tests/simagent/simagent.h"
+#include "common/clock/clock.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -19,7 +20,7 @@ struct tg_sim_agent {
   Tardigrade__V1__HealthReport health; /* the session's thread reads it while sending */
 };
 
-int64_t tg_sim_mono_ms(void) { return tg_session_mono_ms(); }
+int64_t tg_sim_mono_ms(void) { return tg_clock_mono_ms(); }
 
 static void fill_heartbeat(Tardigrade__V1__HeartbeatRequest *hb, void *user) {
   tg_sim_agent *a = user;

@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "common/config/config.h"
+#include "common/clock/clock.h"
 #include "trainer/include/tardigrade.h"
 #include "trainer/model/adamw.h"
 #include "trainer/model/corpus.h"
@@ -30,11 +31,6 @@
 #include "trainer/model/shard.h"
 #include "trainer/model/step.h"
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 typedef struct {
   int64_t steps, width, depth, context, batch, micro, seed;
@@ -172,7 +168,7 @@ int main(int argc, char **argv) {
 
     tg_result r = TG_OK;
     while (r == TG_OK && w.step < (uint64_t)o.steps) {
-      int64_t t0 = now_ms();
+      int64_t t0 = tg_clock_mono_ms();
       uint32_t chunks = tg_step_chunk_count(&plan);
       size_t cb, ce;
       tg_shard_range(chunks, W, R, &cb, &ce);
@@ -199,7 +195,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tg-train: %s\n", tg_last_error(t));
         goto done;
       }
-      r = tg_step_done(t, w.step, loss, (uint32_t)(now_ms() - t0));
+      r = tg_step_done(t, w.step, loss, (uint32_t)(tg_clock_mono_ms() - t0));
       if (R == 0) printf("step %" PRIu64 " loss %.4f\n", w.step, (double)loss);
     }
     if (w.step >= (uint64_t)o.steps) break;
