@@ -127,7 +127,25 @@ static void on_world(const Tardigrade__V1__WorldUpdate *u, void *user) {
   probe_buddies(a, u);
 }
 
-/* Runs on the session thread: the heartbeat carries the ranks' progress. */
+/* The newest step for which every local rank of the current world has a
+ * snapshot in this node's memory, 0 if some has none (mu held). The
+ * coordinator's resume_step is the minimum of this over the members. */
+static uint64_t committed_step(tg_agent *a) {
+  if (!a->ckpt || !a->update || !a->update->world || a->update->position < 0) return 0;
+  uint64_t lowest = UINT64_MAX;
+  for (int64_t s = 0; s < a->cfg.slots; s++) {
+    tg_ckpt_key key;
+    int32_t rank = a->update->position * (int32_t)a->cfg.slots + (int32_t)s;
+    if (tg_ckpt_store_newest(a->ckpt, a->cfg.job_id, rank, &key) != 0 ||
+        key.world_size != a->update->world->world_size)
+      return 0;
+    if (key.step < lowest) lowest = key.step;
+  }
+  return lowest == UINT64_MAX ? 0 : lowest;
+}
+
+/* Runs on the session thread: the heartbeat carries the ranks' progress
+ * and the node's committed step. */
 static void fill_heartbeat(Tardigrade__V1__HeartbeatRequest *hb, void *user) {
   tg_agent *a = user;
   size_t n = 0;
@@ -138,6 +156,7 @@ static void fill_heartbeat(Tardigrade__V1__HeartbeatRequest *hb, void *user) {
     a->hb_progress_ptrs[n] = &a->hb_progress[n];
     n++;
   }
+  hb->committed_step = committed_step(a);
   pthread_mutex_unlock(&a->mu);
   tardigrade__v1__health_report__init(&a->hb_health);
   a->hb_health.healthy = a->health ? tg_health_checker_healthy(a->health) : 1;

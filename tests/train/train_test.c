@@ -124,6 +124,25 @@ static void train(const char *job, int kill_at_step, char *params, size_t len) {
     /* Both ranks resumed from memory, at most one step before the kill. */
     assert_true(grep_file(slot1, "(generation 2): resuming at step"));
     assert_true(grep_file(slot0, "(generation 2): resuming at step"));
+    /* The coordinator's world carried a resume step from the agent's
+     * committed-step reports: not 0, and not after where the ranks resumed. */
+    char out[4096];
+    const char *st[] = {"coordinator/tgctl", "--coordinator", listen, "--json", "status", NULL};
+    int status;
+    assert_int_equal(tg_proc_run(st, NULL, 10000, out, sizeof out, &status), 0);
+    const char *rs = strstr(out, "\"resume_step\":");
+    assert_non_null(rs);
+    long coordinator_resume = strtol(rs + 14, NULL, 10);
+    long resumed = -1;
+    FILE *f = fopen(slot0, "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f)) {
+      const char *p = strstr(line, "(generation 2): resuming at step ");
+      if (p) resumed = strtol(p + 33, NULL, 10);
+    }
+    if (f) fclose(f);
+    if (coordinator_resume <= 0 || coordinator_resume > resumed)
+      fail_msg("coordinator resume_step %ld, ranks resumed at %ld", coordinator_resume, resumed);
   }
   stop_all(0);
 }
