@@ -107,11 +107,6 @@ void tg_coord_poke(tg_coord *c) {
   pthread_cond_signal(&c->wake);
 }
 
-int tg_coord_world_position(tg_coord *c, const char *node_id) {
-  tg_node *n = tg_coord_find_node(c, node_id);
-  return n ? n->position : -1;
-}
-
 /* Recomputes every node's position after the world changed (mu held). */
 static void set_positions(tg_coord *c) {
   for (size_t i = 0; i < c->n_nodes; i++) c->nodes[i]->position = -1;

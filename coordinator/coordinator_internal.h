@@ -119,8 +119,6 @@ Tardigrade__V1__NodeState tg_coord_node_state(tg_coord *c, const tg_node *n);
 void tg_coord_record_fault(tg_coord *c, const Tardigrade__V1__Fault *f);
 /* A status line for refusing requests at a standby. */
 tg_rpc_code tg_coord_refuse_standby(tg_coord *c, tg_rpc_status *st);
-/* Position of node in the current world, or -1 (mu held). */
-int tg_coord_world_position(tg_coord *c, const char *node_id);
 
 /* service.c */
 extern const tg_rpc_method tg_coord_service_methods[];

@@ -67,28 +67,6 @@ static uint64_t last_join(int slot) {
   return gen;
 }
 
-/* The pid of the agent's trainer child in `slot` (from its environment). */
-static int trainer_pid(pid_t agent, int slot) {
-  char pids[256], ppid[16], want[32];
-  snprintf(ppid, sizeof ppid, "%d", (int)agent);
-  snprintf(want, sizeof want, "TG_SLOT=%d", slot);
-  const char *pg[] = {"pgrep", "-P", ppid, NULL};
-  int status;
-  if (tg_proc_run(pg, NULL, 5000, pids, sizeof pids, &status) != 0) return 0;
-  for (char *tok = strtok(pids, "\n"); tok; tok = strtok(NULL, "\n")) {
-    char path[64], env[8192];
-    snprintf(path, sizeof path, "/proc/%s/environ", tok);
-    FILE *f = fopen(path, "r");
-    if (!f) continue;
-    size_t got = fread(env, 1, sizeof env - 1, f);
-    fclose(f);
-    env[got] = '\0';
-    for (size_t k = 0; k < got; k += strlen(env + k) + 1)
-      if (strcmp(env + k, want) == 0) return atoi(tok);
-  }
-  return 0;
-}
-
 /* detected_unix_ms of the newest TRAINER_EXIT fault, 0 if none. */
 static int64_t newest_exit_fault(void) {
   static char out[1 << 16];
@@ -181,7 +159,7 @@ int main(int argc, char **argv) {
       usleep(20000);
       g0 = last_join(0);
       g1 = last_join(1);
-      pid0 = trainer_pid(tg_proc_pid(agent), 0);
+      pid0 = tg_proc_child_with_env(tg_proc_pid(agent), "TG_SLOT=0");
     } while ((pid0 == 0 || g0 == 0 || g0 != g1) && mono_ms() < deadline);
     if (pid0 == 0 || g0 != g1) die("the trainers never joined one world");
     usleep(500000); /* steady for a moment */

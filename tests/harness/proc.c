@@ -331,6 +331,27 @@ out:
   return rc;
 }
 
+pid_t tg_proc_child_with_env(pid_t parent, const char *entry) {
+  char pids[1024], ppid[16];
+  snprintf(ppid, sizeof ppid, "%d", (int)parent);
+  const char *pg[] = {"pgrep", "-P", ppid, NULL};
+  int status;
+  if (tg_proc_run(pg, NULL, 5000, pids, sizeof pids, &status) != 0) return 0;
+  char *save = NULL;
+  for (char *tok = strtok_r(pids, "\n", &save); tok; tok = strtok_r(NULL, "\n", &save)) {
+    char path[64], env[8192];
+    snprintf(path, sizeof path, "/proc/%s/environ", tok);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    size_t got = fread(env, 1, sizeof env - 1, f);
+    fclose(f);
+    env[got] = '\0';
+    for (size_t k = 0; k < got; k += strlen(env + k) + 1)
+      if (strcmp(env + k, entry) == 0) return (pid_t)atoi(tok);
+  }
+  return 0;
+}
+
 int tg_proc_free_port(void) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return -1;

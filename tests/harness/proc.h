@@ -67,6 +67,10 @@ int tg_proc_run(const char *const *argv, const char *const *env_extra, int64_t t
 int tg_proc_run_in_netns(const char *netns, const char *const *argv, int64_t timeout_ms, char *out,
                          size_t outlen, int *status);
 
+/* The pid of a child of `parent` whose environment holds `entry` exactly
+ * ("TG_SLOT=1": the trainer an agent started in slot 1), or 0 if none. */
+pid_t tg_proc_child_with_env(pid_t parent, const char *entry);
+
 /* A TCP port on 127.0.0.1 that was free a moment ago; -1 on error. */
 int tg_proc_free_port(void);
 

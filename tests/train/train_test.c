@@ -46,28 +46,6 @@ static int grep_file(const char *path, const char *needle) {
   return found;
 }
 
-/* The pid of the agent's trainer child whose environment says TG_SLOT=slot. */
-static int trainer_in_slot(pid_t agent, int slot) {
-  char pids[256], ppid[16], want[32];
-  snprintf(ppid, sizeof ppid, "%d", (int)agent);
-  snprintf(want, sizeof want, "TG_SLOT=%d", slot);
-  const char *pg[] = {"pgrep", "-P", ppid, "-f", "tg-train", NULL};
-  int status;
-  if (tg_proc_run(pg, NULL, 5000, pids, sizeof pids, &status) != 0) return 0;
-  for (char *tok = strtok(pids, "\n"); tok; tok = strtok(NULL, "\n")) {
-    char path[64], env[8192];
-    snprintf(path, sizeof path, "/proc/%s/environ", tok);
-    FILE *f = fopen(path, "r");
-    if (!f) continue;
-    size_t got = fread(env, 1, sizeof env - 1, f);
-    fclose(f);
-    env[got] = '\0';
-    for (size_t k = 0; k < got; k += strlen(env + k) + 1)
-      if (strcmp(env + k, want) == 0) return atoi(tok);
-  }
-  return 0;
-}
-
 static void stop_all(int dump) {
   for (int i = 3; i >= 0; i--) {
     if (!procs[i]) continue;
@@ -107,7 +85,7 @@ static void train(const char *job, int kill_at_step, char *params, size_t len) {
   if (kill_at_step) {
     snprintf(at, sizeof at, "step %d loss", kill_at_step);
     while (!grep_file(slot0, at) && mono_ms() < deadline) usleep(10000);
-    int victim = trainer_in_slot(tg_proc_pid(procs[1]), 1);
+    int victim = tg_proc_child_with_env(tg_proc_pid(procs[1]), "TG_SLOT=1");
     if (!victim) fail_msg("no trainer in slot 1 to kill");
     assert_int_equal(kill(victim, SIGKILL), 0);
   }
