@@ -5,18 +5,21 @@
  *     client sends them on its stream, the FetchShard handler queues them
  *     on its call);
  *   - a chunk receiver checks each incoming chunk against the key, the
- *     limits and the bytes so far, writes it straight into a slot of the
- *     local store, and commits only a complete shard whose CRC-64 matches
- *     (the PushShard handler and the fetch client use it).
+ *     limits and the bytes so far, writes it into its sink (straight into a
+ *     slot of the local store, or into a buffer for tg_ckpt_fetch_alloc),
+ *     and commits only a complete shard whose CRC-64 matches (the PushShard
+ *     handler and both fetch clients use it).
  * Server handlers never wait: a push is consumed chunk by chunk in
  * on_message, a fetch reads the local copy, queues its chunks and returns,
  * and on_done gives back the slot of a push that never finished. */
 #include "agent/ckpt/replicate.h"
 
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/ckpt/crc64.h"
 #include "common/log/log.h"
 #include "proto/tardigrade/v1/replication.pb-c.h"
 
@@ -155,8 +158,70 @@ static int send_on_call(void *ctx, const ProtobufCMessage *msg) {
 
 /* ------------------------------------------------------- chunk receiver */
 
+/* Where a receiver puts the bytes: a slot of a store (through a writer),
+ * or, when it has no store, a buffer of its own for the caller. Either way
+ * it counts the bytes and checksums them as they arrive. */
 typedef struct {
-  tg_ckpt_writer *w; /* NULL before the first chunk and once finished */
+  tg_ckpt_store *store; /* NULL: into buf */
+  tg_ckpt_writer *w;    /* store sink, while open */
+  unsigned char *buf;   /* buffer sink, while open or once handed over */
+  uint64_t buf_written;
+  uint64_t buf_crc;
+  int open;
+} sink;
+
+static int sink_begin(sink *k, const tg_ckpt_key *key, uint64_t len) {
+  if (k->store != NULL) {
+    int rc = tg_ckpt_writer_begin(k->store, key, len, &k->w);
+    k->open = rc == TG_CKPT_OK;
+    return rc;
+  }
+  if ((uint64_t)(size_t)len != len) return TG_CKPT_TOO_LARGE;
+  k->buf = malloc(len > 0 ? (size_t)len : 1);
+  if (k->buf == NULL) return TG_CKPT_SYSTEM;
+  k->buf_written = 0;
+  k->buf_crc = 0;
+  k->open = 1;
+  return TG_CKPT_OK;
+}
+
+/* The caller checked that n fits in what was announced. */
+static int sink_append(sink *k, const void *bytes, size_t n) {
+  if (k->store != NULL) return tg_ckpt_writer_append(k->w, bytes, n);
+  if (n > 0) memcpy(k->buf + k->buf_written, bytes, n);
+  k->buf_crc = tg_crc64_update(k->buf_crc, bytes, n);
+  k->buf_written += n;
+  return TG_CKPT_OK;
+}
+
+static uint64_t sink_written(const sink *k) {
+  return k->store != NULL ? tg_ckpt_writer_written(k->w) : k->buf_written;
+}
+
+static uint64_t sink_checksum(const sink *k) {
+  return k->store != NULL ? tg_ckpt_writer_checksum(k->w) : k->buf_crc;
+}
+
+/* Publishes: commits the store slot, or keeps buf for the caller. */
+static int sink_commit(sink *k) {
+  k->open = 0;
+  if (k->store == NULL) return TG_CKPT_OK;
+  int rc = tg_ckpt_writer_commit(k->w);
+  k->w = NULL;
+  return rc;
+}
+
+static void sink_abort(sink *k) {
+  if (!k->open) return;
+  k->open = 0;
+  tg_ckpt_writer_abort(k->w);
+  k->w = NULL;
+  free(k->buf);
+  k->buf = NULL;
+}
+
+typedef struct {
+  sink out;    /* closed before the first chunk and once finished */
   int started;
   uint64_t total_bytes;
   uint64_t crc64;
@@ -164,9 +229,8 @@ typedef struct {
 } receiver;
 
 /* Takes one chunk; `expect` (may be NULL) is the key the shard must have. */
-static tg_rpc_code receiver_take(receiver *rx, tg_ckpt_store *store, const repl_limits *lim,
-                                 const tg_ckpt_key *expect, const ShardChunk *c,
-                                 tg_rpc_status *st) {
+static tg_rpc_code receiver_take(receiver *rx, const repl_limits *lim, const tg_ckpt_key *expect,
+                                 const ShardChunk *c, tg_rpc_status *st) {
   if (!rx->started) {
     if (key_from_proto(c->key, &rx->key) != 0) {
       return tg_rpc_status_set(st, TG_RPC_INVALID_ARGUMENT, "the first chunk has no valid key");
@@ -181,7 +245,7 @@ static tg_rpc_code receiver_take(receiver *rx, tg_ckpt_store *store, const repl_
                                "shard of %" PRIu64 " bytes exceeds the limit of %" PRIu64,
                                c->total_bytes, lim->max_shard_bytes);
     }
-    int rc = tg_ckpt_writer_begin(store, &rx->key, c->total_bytes, &rx->w);
+    int rc = sink_begin(&rx->out, &rx->key, c->total_bytes);
     if (rc != TG_CKPT_OK) return store_status(rc, "cannot store the shard", st);
     rx->started = 1;
     rx->total_bytes = c->total_bytes;
@@ -192,49 +256,43 @@ static tg_rpc_code receiver_take(receiver *rx, tg_ckpt_store *store, const repl_
       return tg_rpc_status_set(st, TG_RPC_INVALID_ARGUMENT, "a later chunk names another shard");
     }
   }
-  if (rx->w == NULL) return tg_rpc_status_set(st, TG_RPC_INVALID_ARGUMENT, "chunk after the end");
+  if (!rx->out.open) return tg_rpc_status_set(st, TG_RPC_INVALID_ARGUMENT, "chunk after the end");
   if (c->data.len > lim->chunk_bytes) {
     return tg_rpc_status_set(st, TG_RPC_RESOURCE_EXHAUSTED,
                              "chunk of %zu bytes exceeds the limit of %zu", c->data.len,
                              lim->chunk_bytes);
   }
-  uint64_t written = tg_ckpt_writer_written(rx->w);
+  uint64_t written = sink_written(&rx->out);
   if (c->offset != written) {
     return tg_rpc_status_set(st, TG_RPC_INVALID_ARGUMENT,
                              "chunk at offset %" PRIu64 ", expected %" PRIu64, c->offset, written);
   }
-  int rc = tg_ckpt_writer_append(rx->w, c->data.data, c->data.len);
-  if (rc == TG_CKPT_TOO_LARGE) {
+  if (c->data.len > rx->total_bytes - written) {
     return tg_rpc_status_set(st, TG_RPC_INVALID_ARGUMENT,
                              "chunks carry more than the %" PRIu64 " bytes announced",
                              rx->total_bytes);
   }
-  return store_status(rc, "chunk stored", st);
+  return store_status(sink_append(&rx->out, c->data.data, c->data.len), "chunk stored", st);
 }
 
-static void receiver_abort(receiver *rx) {
-  tg_ckpt_writer_abort(rx->w);
-  rx->w = NULL;
-}
+static void receiver_abort(receiver *rx) { sink_abort(&rx->out); }
 
 /* The last chunk came: commit if complete and the checksum matches. */
 static tg_rpc_code receiver_commit(receiver *rx, tg_rpc_status *st) {
   tg_rpc_code code;
-  if (rx->w == NULL) {
+  if (!rx->out.open) {
     code = tg_rpc_status_set(st, TG_RPC_INVALID_ARGUMENT, "no chunks");
-  } else if (tg_ckpt_writer_written(rx->w) != rx->total_bytes) {
+  } else if (sink_written(&rx->out) != rx->total_bytes) {
     code = tg_rpc_status_set(st, TG_RPC_INVALID_ARGUMENT,
                              "got %" PRIu64 " of the %" PRIu64 " bytes announced; nothing stored",
-                             tg_ckpt_writer_written(rx->w), rx->total_bytes);
-  } else if (tg_ckpt_writer_checksum(rx->w) != rx->crc64) {
+                             sink_written(&rx->out), rx->total_bytes);
+  } else if (sink_checksum(&rx->out) != rx->crc64) {
     code = tg_rpc_status_set(st, TG_RPC_DATA_LOSS,
                              "crc64 mismatch: announced %016" PRIx64 ", data has %016" PRIx64
                              "; nothing stored",
-                             rx->crc64, tg_ckpt_writer_checksum(rx->w));
+                             rx->crc64, sink_checksum(&rx->out));
   } else {
-    int rc = tg_ckpt_writer_commit(rx->w);
-    rx->w = NULL;
-    return store_status(rc, "stored", st);
+    return store_status(sink_commit(&rx->out), "stored", st);
   }
   receiver_abort(rx);
   return code;
@@ -249,11 +307,13 @@ static void refuse(tg_rpc_call *call, const tg_rpc_status *st) {
 }
 
 static void push_on_start(tg_rpc_call *call, void *user) {
+  tg_ckpt_repl_server *rs = user;
   receiver *rx = calloc(1, sizeof(*rx));
   if (rx == NULL) {
     tg_rpc_call_finish(call, TG_RPC_RESOURCE_EXHAUSTED, "agent out of memory", NULL);
     return;
   }
+  rx->out.store = rs->store;
   tg_rpc_call_set_data(call, rx);
 }
 
@@ -261,8 +321,8 @@ static void push_on_message(tg_rpc_call *call, const ProtobufCMessage *msg, void
   tg_ckpt_repl_server *rs = user;
   receiver *rx = tg_rpc_call_data(call);
   tg_rpc_status st = {TG_RPC_OK, ""};
-  if (rx == NULL || (rx->started && rx->w == NULL)) return; /* already refused */
-  if (receiver_take(rx, rs->store, &rs->limits, NULL, (const ShardChunk *)msg, &st) != TG_RPC_OK) {
+  if (rx == NULL || (rx->started && !rx->out.open)) return; /* already refused */
+  if (receiver_take(rx, &rs->limits, NULL, (const ShardChunk *)msg, &st) != TG_RPC_OK) {
     receiver_abort(rx);
     rx->started = 1;
     refuse(call, &st);
@@ -272,7 +332,7 @@ static void push_on_message(tg_rpc_call *call, const ProtobufCMessage *msg, void
 static void push_on_half_close(tg_rpc_call *call, void *user) {
   receiver *rx = tg_rpc_call_data(call);
   tg_rpc_status st = {TG_RPC_OK, ""};
-  if (rx == NULL || (rx->started && rx->w == NULL)) return;
+  if (rx == NULL || (rx->started && !rx->out.open)) return;
   if (receiver_commit(rx, &st) != TG_RPC_OK) {
     refuse(call, &st);
     return;
@@ -387,6 +447,13 @@ tg_ckpt_repl_server *tg_ckpt_repl_server_new(tg_ckpt_store *store, const tg_ckpt
   return rs;
 }
 
+size_t tg_ckpt_repl_queued_sends(const tg_ckpt_store *store, const tg_ckpt_repl_config *cfg) {
+  repl_limits lim = limits_of(cfg, store);
+  /* Every chunk of the largest shard, plus the final status, plus one. */
+  uint64_t need = lim.max_shard_bytes / lim.chunk_bytes + 3;
+  return need > TG_RPC_DEFAULT_MAX_QUEUED_SENDS ? (size_t)need : TG_RPC_DEFAULT_MAX_QUEUED_SENDS;
+}
+
 int tg_ckpt_repl_server_register(tg_ckpt_repl_server *rs, tg_rpc_server *srv) {
   for (size_t i = 0; i < sizeof(rs->methods) / sizeof(rs->methods[0]); i++) {
     if (tg_rpc_server_register(srv, &rs->methods[i]) != 0) return -1;
@@ -455,15 +522,10 @@ tg_rpc_code tg_ckpt_push(tg_ckpt_store *store, tg_rpc_channel *ch, const tg_ckpt
   return code;
 }
 
-tg_rpc_code tg_ckpt_fetch(tg_ckpt_store *store, tg_rpc_channel *ch, const tg_ckpt_key *key,
-                          const tg_ckpt_repl_config *cfg, tg_rpc_status *st) {
-  tg_rpc_status local = {TG_RPC_OK, ""};
-  tg_rpc_status *out = st != NULL ? st : &local;
-  if (store == NULL || ch == NULL || tg_ckpt_key_valid(key) != TG_CKPT_OK) {
-    return tg_rpc_status_set(out, TG_RPC_INVALID_ARGUMENT, "fetch: bad arguments");
-  }
-  repl_limits lim = limits_of(cfg, store);
-  tg_rpc_call_opts opts = {.deadline_ms = lim.deadline_ms};
+/* Runs one FetchShard call into rx (whose sink is set) and commits it. */
+static tg_rpc_code fetch_into(receiver *rx, tg_rpc_channel *ch, const tg_ckpt_key *key,
+                              const repl_limits *lim, tg_rpc_status *out) {
+  tg_rpc_call_opts opts = {.deadline_ms = lim->deadline_ms};
   tg_rpc_stream *s =
       tg_rpc_stream_open(ch, FETCH_PATH, &tardigrade__v1__shard_chunk__descriptor, &opts, out);
   if (s == NULL) return out->code;
@@ -472,7 +534,6 @@ tg_rpc_code tg_ckpt_fetch(tg_ckpt_store *store, tg_rpc_channel *ch, const tg_ckp
   key_to_proto(key, &pk);
   req.key = &pk;
   if (tg_rpc_stream_send(s, &req.base, -1) == 0) tg_rpc_stream_close_send(s);
-  receiver rx = {0};
   tg_rpc_code code = TG_RPC_OK;
   for (;;) {
     ProtobufCMessage *msg = NULL;
@@ -486,14 +547,46 @@ tg_rpc_code tg_ckpt_fetch(tg_ckpt_store *store, tg_rpc_channel *ch, const tg_ckp
           tg_rpc_status_set(out, TG_RPC_DEADLINE_EXCEEDED, "fetch: no chunk before the deadline");
       break;
     }
-    code = receiver_take(&rx, store, &lim, key, (const ShardChunk *)msg, out);
+    code = receiver_take(rx, lim, key, (const ShardChunk *)msg, out);
     protobuf_c_message_free_unpacked(msg, NULL);
     if (code != TG_RPC_OK) break;
   }
-  if (code == TG_RPC_OK) code = receiver_commit(&rx, out);
-  receiver_abort(&rx);
+  if (code == TG_RPC_OK) code = receiver_commit(rx, out);
+  receiver_abort(rx);
   tg_rpc_stream_free(s);
   return code;
+}
+
+tg_rpc_code tg_ckpt_fetch(tg_ckpt_store *store, tg_rpc_channel *ch, const tg_ckpt_key *key,
+                          const tg_ckpt_repl_config *cfg, tg_rpc_status *st) {
+  tg_rpc_status local = {TG_RPC_OK, ""};
+  tg_rpc_status *out = st != NULL ? st : &local;
+  if (store == NULL || ch == NULL || tg_ckpt_key_valid(key) != TG_CKPT_OK) {
+    return tg_rpc_status_set(out, TG_RPC_INVALID_ARGUMENT, "fetch: bad arguments");
+  }
+  repl_limits lim = limits_of(cfg, store);
+  receiver rx = {.out = {.store = store}};
+  return fetch_into(&rx, ch, key, &lim, out);
+}
+
+tg_rpc_code tg_ckpt_fetch_alloc(tg_rpc_channel *ch, const tg_ckpt_key *key,
+                                const tg_ckpt_repl_config *cfg, void **bytes, size_t *len,
+                                uint64_t *crc64, tg_rpc_status *st) {
+  tg_rpc_status local = {TG_RPC_OK, ""};
+  tg_rpc_status *out = st != NULL ? st : &local;
+  if (bytes != NULL) *bytes = NULL;
+  if (ch == NULL || bytes == NULL || len == NULL || tg_ckpt_key_valid(key) != TG_CKPT_OK) {
+    return tg_rpc_status_set(out, TG_RPC_INVALID_ARGUMENT, "fetch: bad arguments");
+  }
+  repl_limits lim = limits_of(cfg, NULL);
+  if (lim.max_shard_bytes > TG_CKPT_MAX_SHARD_BYTES) lim.max_shard_bytes = TG_CKPT_MAX_SHARD_BYTES;
+  receiver rx = {0};
+  tg_rpc_code code = fetch_into(&rx, ch, key, &lim, out);
+  if (code != TG_RPC_OK) return code;
+  *bytes = rx.out.buf;
+  *len = (size_t)rx.total_bytes;
+  if (crc64 != NULL) *crc64 = rx.crc64;
+  return TG_RPC_OK;
 }
 
 tg_rpc_code tg_ckpt_list_remote(tg_rpc_channel *ch, const char *job_id, tg_ckpt_key *keys,

@@ -4,7 +4,8 @@
  * A step counts as committed only when each of its shards sits in the
  * memory of two nodes, so every agent pushes the shards its trainers wrote
  * to a buddy agent (tg_ckpt_push), and an agent that lost its copies
- * fetches them back from wherever one lives (tg_ckpt_fetch). The server
+ * fetches them back from wherever one lives (tg_ckpt_fetch into its store,
+ * tg_ckpt_fetch_alloc into memory for a trainer). The server
  * side (tg_ckpt_repl_server) serves PushShard, FetchShard and ListShards
  * from the agent's own store on the agent's existing tg_rpc_server.
  *
@@ -21,11 +22,12 @@
  *   DATA_LOSS           checksum mismatch (nothing stored), or the stored
  *                       copy failed its checksum (fetch)
  *   NOT_FOUND           no such committed shard (fetch)
- * A fetched shard is verified the same way before it is committed locally.
+ * A fetched shard is verified the same way before it is committed locally
+ * or handed to the caller.
  *
  * FetchShard queues all of a shard's chunks at once (the RPC layer copies
  * them), so a server's max_queued_sends x chunk_bytes must exceed
- * max_shard_bytes. */
+ * max_shard_bytes: tg_ckpt_repl_queued_sends says how many that is. */
 #ifndef TG_CKPT_REPLICATE_H
 #define TG_CKPT_REPLICATE_H
 
@@ -59,6 +61,11 @@ tg_ckpt_repl_server *tg_ckpt_repl_server_new(tg_ckpt_store *store, const tg_ckpt
  * starts). 0, or -1 if a path is taken. */
 int tg_ckpt_repl_server_register(tg_ckpt_repl_server *rs, tg_rpc_server *srv);
 
+/* The max_queued_sends (tg_rpc_server_config) a server needs so that
+ * FetchShard can queue a whole shard of `store` under cfg (may be NULL):
+ * at least the RPC layer's default. */
+size_t tg_ckpt_repl_queued_sends(const tg_ckpt_store *store, const tg_ckpt_repl_config *cfg);
+
 /* Frees; call after tg_rpc_server_free of every server it was registered
  * on. NULL is ignored. */
 void tg_ckpt_repl_server_free(tg_ckpt_repl_server *rs);
@@ -80,6 +87,16 @@ tg_rpc_code tg_ckpt_push_bytes(tg_rpc_channel *ch, const tg_ckpt_key *key, const
  * committing it only when complete and its checksum matches. */
 tg_rpc_code tg_ckpt_fetch(tg_ckpt_store *store, tg_rpc_channel *ch, const tg_ckpt_key *key,
                           const tg_ckpt_repl_config *cfg, tg_rpc_status *st);
+
+/* Fetches shard `key` from the agent behind ch into memory of its own,
+ * verified like tg_ckpt_fetch (complete, CRC-64 matches), for a caller
+ * without a store of its own to fill (a trainer restoring a shard that
+ * lives on another node). On TG_RPC_OK *bytes (to be freed with free),
+ * *len and *crc64 (may be NULL) describe it; otherwise *bytes is NULL.
+ * cfg->max_shard_bytes 0 means TG_CKPT_MAX_SHARD_BYTES. */
+tg_rpc_code tg_ckpt_fetch_alloc(tg_rpc_channel *ch, const tg_ckpt_key *key,
+                                const tg_ckpt_repl_config *cfg, void **bytes, size_t *len,
+                                uint64_t *crc64, tg_rpc_status *st);
 
 /* Keys of the shards of job_id ("" or NULL: every job) the agent behind ch
  * holds committed: up to cap into keys, the total number in *n. */

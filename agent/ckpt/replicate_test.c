@@ -1,8 +1,9 @@
 /* Tests of shard replication (replicate.h) through a real gRPC server on
  * 127.0.0.1 serving a second store: push and fetch back bitwise equal,
- * list, and every refusal (wrong checksum, oversized, chunks out of order
- * or short, corrupt source, missing shard, full store), each checked to
- * leave nothing committed and no slot held. Calls have deadlines; shm
+ * list, a fetch into memory (tg_ckpt_fetch_alloc), the send queue a
+ * server needs for a whole shard, and every refusal (wrong checksum,
+ * oversized, chunks out of order or short, corrupt source, missing shard,
+ * full store), each checked to leave nothing committed and no slot held. Calls have deadlines; shm
  * names are unique per process and unlinked at exit. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -314,6 +315,93 @@ static void test_push_to_full_store_is_refused(void **state) {
   assert_buddy_untouched(f, &k);
 }
 
+static void test_fetch_alloc_returns_verified_bytes(void **state) {
+  fixture *f = *state;
+  size_t len = 150000; /* three chunks */
+  unsigned char *in = malloc(len);
+  fill(in, len, 31);
+  tg_ckpt_key k = key_of("job-a", 7, 2);
+  assert_int_equal(tg_ckpt_store_write(f->buddy, &k, in, len), TG_CKPT_OK);
+  void *bytes = NULL;
+  size_t got = 0;
+  uint64_t crc = 0;
+  tg_rpc_status st;
+  if (tg_ckpt_fetch_alloc(f->ch, &k, &f->cfg, &bytes, &got, &crc, &st) != TG_RPC_OK)
+    fail_msg("fetch_alloc: %s", st.message);
+  assert_int_equal(got, len);
+  assert_memory_equal(bytes, in, len);
+  assert_true(crc == tg_crc64_update(0, in, len));
+  free(bytes);
+  /* Nothing went into a store on this side. */
+  assert_int_equal(tg_ckpt_store_free_slots(f->local), tg_ckpt_store_slots(f->local));
+
+  /* Missing, and larger than the caller accepts: no bytes. */
+  tg_ckpt_key missing = key_of("job-a", 8, 2);
+  bytes = &got;
+  assert_int_equal(tg_ckpt_fetch_alloc(f->ch, &missing, &f->cfg, &bytes, &got, NULL, &st),
+                   TG_RPC_NOT_FOUND);
+  assert_null(bytes);
+  tg_ckpt_repl_config small = f->cfg;
+  small.max_shard_bytes = len - 1;
+  assert_int_equal(tg_ckpt_fetch_alloc(f->ch, &k, &small, &bytes, &got, NULL, &st),
+                   TG_RPC_RESOURCE_EXHAUSTED);
+  assert_null(bytes);
+
+  /* The buddy's copy goes bad: DATA_LOSS, nothing handed over. */
+  assert_int_equal(tg_ckpt_store_corrupt(f->buddy, &k, 99999), TG_CKPT_OK);
+  assert_int_equal(tg_ckpt_fetch_alloc(f->ch, &k, &f->cfg, &bytes, &got, NULL, &st),
+                   TG_RPC_DATA_LOSS);
+  assert_null(bytes);
+  assert_int_equal(tg_ckpt_fetch_alloc(NULL, &k, &f->cfg, &bytes, &got, NULL, &st),
+                   TG_RPC_INVALID_ARGUMENT);
+  free(in);
+}
+
+/* A server whose send queue is sized by tg_ckpt_repl_queued_sends serves
+ * a shard of as many chunks as a slot holds; a smaller queue cannot. */
+static void test_queued_sends_cover_a_whole_shard(void **state) {
+  fixture *f = *state;
+  tg_ckpt_repl_config tiny_chunks = {.chunk_bytes = 1024};
+  size_t need = tg_ckpt_repl_queued_sends(f->buddy, &tiny_chunks);
+  assert_true(need >= tg_ckpt_store_slot_bytes(f->buddy) / 1024 + 1);
+  assert_int_equal(tg_ckpt_repl_queued_sends(f->buddy, NULL), TG_RPC_DEFAULT_MAX_QUEUED_SENDS);
+
+  size_t len = 64 << 10; /* 64 chunks of 1 KiB */
+  unsigned char *in = malloc(len);
+  fill(in, len, 3);
+  tg_ckpt_key k = key_of("job-q", 2, 0);
+  assert_int_equal(tg_ckpt_store_write(f->buddy, &k, in, len), TG_CKPT_OK);
+  char err[256];
+  for (int sized = 0; sized <= 1; sized++) {
+    tg_rpc_server_config sc = {.max_queued_sends = sized ? need : 8};
+    tg_rpc_server *srv = tg_rpc_server_new(&sc, err, sizeof(err));
+    tg_ckpt_repl_server *repl = tg_ckpt_repl_server_new(f->buddy, &tiny_chunks);
+    assert_int_equal(tg_ckpt_repl_server_register(repl, srv), 0);
+    int port = tg_rpc_server_listen(srv, "127.0.0.1:0", NULL, err, sizeof(err));
+    assert_true(port > 0);
+    assert_int_equal(tg_rpc_server_start(srv, err, sizeof(err)), 0);
+    char target[64];
+    snprintf(target, sizeof(target), "127.0.0.1:%d", port);
+    tg_rpc_channel *ch = tg_rpc_channel_new(target, NULL, err, sizeof(err));
+    tg_ckpt_repl_config client = {.chunk_bytes = 1024, .deadline_ms = CALL_DEADLINE_MS};
+    void *bytes = NULL;
+    size_t got = 0;
+    tg_rpc_status st;
+    tg_rpc_code code = tg_ckpt_fetch_alloc(ch, &k, &client, &bytes, &got, NULL, &st);
+    if (sized) {
+      if (code != TG_RPC_OK) fail_msg("fetch from a sized server: %s", st.message);
+      assert_memory_equal(bytes, in, len);
+    } else {
+      assert_int_not_equal(code, TG_RPC_OK);
+    }
+    free(bytes);
+    tg_rpc_channel_free(ch);
+    tg_rpc_server_free(srv, 1000);
+    tg_ckpt_repl_server_free(repl);
+  }
+  free(in);
+}
+
 int main(void) {
   tg_log_init("replicate_test", TG_LOG_ERROR);
   const struct CMUnitTest tests[] = {
@@ -324,6 +412,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_bad_chunk_sequences_are_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_fetch_refuses_missing_and_corrupt, setup, teardown),
       cmocka_unit_test_setup_teardown(test_push_to_full_store_is_refused, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fetch_alloc_returns_verified_bytes, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_queued_sends_cover_a_whole_shard, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -524,6 +524,22 @@ int tg_ckpt_store_delete(tg_ckpt_store *s, const tg_ckpt_key *key) {
   return found ? TG_CKPT_OK : TG_CKPT_NOT_FOUND;
 }
 
+int tg_ckpt_store_corrupt(tg_ckpt_store *s, const tg_ckpt_key *key, uint64_t offset) {
+  if (s == NULL || tg_ckpt_key_valid(key) != TG_CKPT_OK) return TG_CKPT_INVALID;
+  slot_view v;
+  int64_t i = find_committed(s, key, &v);
+  if (i < 0) return TG_CKPT_NOT_FOUND;
+  if (v.length == 0) return TG_CKPT_INVALID;
+  /* Volatile: the flip must reach the shared mapping, not be optimised into
+   * a no-op by a compiler that sees no reader in this process. */
+  volatile unsigned char *at = slot_data(s, (uint32_t)i) + offset % v.length;
+  *at = (unsigned char)(*at ^ 0xff);
+  TG_WARN("checkpoint store %s: corrupted job %s step %" PRIu64 " shard %d/%u at byte %" PRIu64
+          " on purpose (fault injection)",
+          s->name, key->job_id, key->step, key->shard, key->world_size, offset % v.length);
+  return TG_CKPT_OK;
+}
+
 /* ------------------------------------------------------------- reclaim */
 
 static int pid_alive(uint32_t pid) {

@@ -19,7 +19,9 @@
  * Everything in the region can be scribbled on by user code, so a process
  * trusts only the geometry it validated when mapping it, checks every field
  * it reads from a slot, and checks every shard's CRC-64 on the copy it
- * returns. A store handle may be used from many threads at once. */
+ * returns. A store handle may be used from many threads at once.
+ * tg_ckpt_store_corrupt breaks a shard on purpose, so that tests and
+ * tg-chaos can check that every reader refuses it. */
 #ifndef TG_CKPT_STORE_H
 #define TG_CKPT_STORE_H
 
@@ -45,6 +47,12 @@ const char *tg_ckpt_result_name(int result);
 
 /* Longest job id, including the terminating NUL. */
 #define TG_CKPT_JOB_ID_MAX 64
+
+/* The largest shard accepted from outside a store (a file on disk, a
+ * fetch into memory) when no tighter bound applies: far above any rank's
+ * share of a model, low enough that a corrupt length is refused before it
+ * is allocated. */
+#define TG_CKPT_MAX_SHARD_BYTES ((uint64_t)64 << 30)
 
 /* What a shard is: the job, the world that wrote it, the step and which
  * shard of how many. */
@@ -116,6 +124,15 @@ size_t tg_ckpt_store_list(tg_ckpt_store *store, const char *job_id, tg_ckpt_key 
 
 /* Forgets the committed shard `key`: TG_CKPT_OK or TG_CKPT_NOT_FOUND. */
 int tg_ckpt_store_delete(tg_ckpt_store *store, const tg_ckpt_key *key);
+
+/* Fault injection (tests, tg-chaos): flips one byte of the committed
+ * shard `key` in place, the byte at offset modulo its length, leaving its
+ * recorded checksum alone, so that the next read of it fails with
+ * TG_CKPT_CORRUPT exactly as after a stray write or a bit flip in memory.
+ * TG_CKPT_OK, TG_CKPT_NOT_FOUND, or TG_CKPT_INVALID for a bad key or an
+ * empty shard (no byte to flip). Never call it on a job that matters: if
+ * the slot is reused at that instant, the flip lands in its new shard. */
+int tg_ckpt_store_corrupt(tg_ckpt_store *store, const tg_ckpt_key *key, uint64_t offset);
 
 /* Frees slots left "writing" by processes that no longer exist (a trainer
  * killed mid-copy). Writers call it themselves when the store is full;

@@ -1,9 +1,9 @@
 /* Tests of the shared-memory checkpoint store (store.h) with real
  * processes: shards written by a child that is then SIGKILLed, a writer
  * killed in the middle of a copy, bytes and slot tables scribbled on by
- * "user code", retention of the newest steps, a full store, and a reader
- * racing a writer. Every wait has a deadline; names are unique per process
- * and unlinked at exit. */
+ * "user code" or by deliberate fault injection, retention of the newest
+ * steps, a full store, and a reader racing a writer. Every wait has a
+ * deadline; names are unique per process and unlinked at exit. */
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -286,6 +286,48 @@ static void test_corrupt_byte_is_refused(void **state) {
   tg_ckpt_store_close(s);
 }
 
+static void test_injected_corruption_is_refused(void **state) {
+  char name[96];
+  tg_ckpt_store *s = new_store(name, sizeof(name), 1 << 20, 2, 1);
+  unsigned char in[4096], out[4096];
+  fill(in, sizeof(in), 7);
+  tg_ckpt_key k = key_of("job-i", 8, 0, 1);
+  assert_int_equal(tg_ckpt_store_write(s, &k, in, sizeof(in)), TG_CKPT_OK);
+  size_t bytes;
+  unsigned char *raw = map_raw(name, &bytes);
+  unsigned char *at = memmem(raw, bytes, in, sizeof(in));
+  assert_non_null(at);
+
+  /* Offset beyond the shard wraps: exactly byte 10 changes. */
+  assert_int_equal(tg_ckpt_store_corrupt(s, &k, sizeof(in) * 3 + 10), TG_CKPT_OK);
+  for (size_t i = 0; i < sizeof(in); i++) {
+    if (i == 10) {
+      assert_int_not_equal(at[i], in[i]);
+    } else {
+      assert_int_equal(at[i], in[i]);
+    }
+  }
+  size_t len = 0;
+  void *copy = NULL;
+  assert_int_equal(tg_ckpt_store_read(s, &k, out, sizeof(out), &len, NULL), TG_CKPT_CORRUPT);
+  assert_int_equal(tg_ckpt_store_read_alloc(s, &k, &copy, &len, NULL), TG_CKPT_CORRUPT);
+  assert_null(copy);
+  /* The same flip again undoes it. */
+  assert_int_equal(tg_ckpt_store_corrupt(s, &k, 10), TG_CKPT_OK);
+  assert_int_equal(tg_ckpt_store_read(s, &k, out, sizeof(out), &len, NULL), TG_CKPT_OK);
+  assert_memory_equal(in, out, sizeof(in));
+
+  tg_ckpt_key missing = key_of("job-i", 9, 0, 1);
+  assert_int_equal(tg_ckpt_store_corrupt(s, &missing, 0), TG_CKPT_NOT_FOUND);
+  tg_ckpt_key bad = key_of("job-i", 8, 1, 1);
+  assert_int_equal(tg_ckpt_store_corrupt(s, &bad, 0), TG_CKPT_INVALID);
+  tg_ckpt_key empty = key_of("job-i", 8, 0, 2);
+  assert_int_equal(tg_ckpt_store_write(s, &empty, NULL, 0), TG_CKPT_OK);
+  assert_int_equal(tg_ckpt_store_corrupt(s, &empty, 0), TG_CKPT_INVALID);
+  munmap(raw, bytes);
+  tg_ckpt_store_close(s);
+}
+
 static void test_scribbled_region_is_validated(void **state) {
   char name[96], err[256];
   tg_ckpt_store *s = new_store(name, sizeof(name), 1 << 20, 64, 1);
@@ -491,6 +533,7 @@ int main(void) {
       cmocka_unit_test(test_shard_of_killed_child_is_read_intact),
       cmocka_unit_test(test_writer_killed_mid_write_never_commits),
       cmocka_unit_test(test_corrupt_byte_is_refused),
+      cmocka_unit_test(test_injected_corruption_is_refused),
       cmocka_unit_test(test_scribbled_region_is_validated),
       cmocka_unit_test(test_keeps_newest_steps_per_shard),
       cmocka_unit_test(test_two_writers_of_one_key_leave_one_copy),
