@@ -1,9 +1,12 @@
 /* The agent's lifecycle and its glue: the coordinator session's callbacks
- * (a new world answers waiting trainers and resets the hang detector; each
- * heartbeat carries the node's health and its ranks' progress), the
- * monitor thread that runs the hang and straggler detector over the local
- * ranks, and fault reporting. The pieces themselves live in their own
- * modules: session/, progress/, supervisor/, health/, probe/. */
+ * (a new world answers waiting trainers, resets the hang detector and
+ * points replication at the new buddy; each heartbeat carries the node's
+ * health, its ranks' progress and its committed step), the monitor thread
+ * that runs the hang and straggler detector over the local ranks, and
+ * fault reporting. The node's checkpoint store is sized and opened here,
+ * and served to buddy agents on the peer port next to the probes. The
+ * pieces themselves live in their own modules: session/, progress/,
+ * supervisor/, health/, probe/, ckpt/ and replicator.c. */
 #include "agent/agent.h"
 #include "common/clock/clock.h"
 
@@ -21,6 +24,12 @@
 #include "common/log/log.h"
 
 #define MONITOR_MS 100
+/* A trainer whose alive counter stood still this long is stopped. */
+#define ALIVE_STALL_MS 1000
+/* Newest committed steps the store keeps per shard. */
+#define CKPT_KEEP_STEPS 4
+/* A push to a buddy that takes longer than this is given up and retried. */
+#define PUSH_DEADLINE_MS 5000
 
 
 void tg_agent_config_defaults(tg_agent_config *cfg) {
@@ -38,6 +47,7 @@ void tg_agent_config_defaults(tg_agent_config *cfg) {
   cfg->probe_period_ms = 1000;
   cfg->health_period_ms = 2000;
   cfg->ckpt_mib = 256;
+  cfg->persist_every = 50;
 }
 
 void tg_agent_report(tg_agent *a, int kind, int severity, int rank, const char *detail,
@@ -102,6 +112,24 @@ static void on_probe_event(const tg_probe_event *ev, void *user) {
                   ev->peer.node_id);
 }
 
+/* Shards go to the buddy at position (p+1) % n, where n is the number of
+ * nodes in the world (mu held). */
+static void replicate_to_buddy(tg_agent *a, const Tardigrade__V1__WorldUpdate *u) {
+  const Tardigrade__V1__World *w = u->world;
+  uint32_t per_node = w->slots_per_node ? w->slots_per_node : (uint32_t)a->cfg.slots;
+  tg_replicator_world rw = {.generation = w->generation,
+                            .world_size = w->world_size,
+                            .position = u->position,
+                            .nodes = w->world_size / per_node,
+                            .buddy_address = ""};
+  if (u->position >= 0 && rw.nodes > 1) {
+    uint32_t buddy = ((uint32_t)u->position + 1) % rw.nodes;
+    for (size_t i = 0; i < w->n_nodes; i++)
+      if (w->nodes[i]->position == buddy) rw.buddy_address = w->nodes[i]->address;
+  }
+  tg_replicator_set_world(a->replicator, &rw);
+}
+
 static void on_world(const Tardigrade__V1__WorldUpdate *u, void *user) {
   tg_agent *a = user;
   Tardigrade__V1__WorldUpdate *copy = copy_update(u);
@@ -117,35 +145,28 @@ static void on_world(const Tardigrade__V1__WorldUpdate *u, void *user) {
   tg_progress_reset(a->detector);
   for (int64_t s = 0; s < a->cfg.slots; s++) {
     a->slots[s].rank = -1;
+    a->seen_seq[s] = 0;
     if (u->position < 0 || u->world->world_size == 0) continue;
     tg_progress_record start = {.rank = (int32_t)s, .updated_ms = tg_clock_mono_ms()};
     tg_progress_update(a->detector, &start);
   }
+  replicate_to_buddy(a, u);
   tg_agent_answer_joins(a);
   pthread_cond_broadcast(&a->cv);
   pthread_mutex_unlock(&a->mu);
   probe_buddies(a, u);
 }
 
-/* The newest step for which every local rank of the current world has a
- * snapshot in this node's memory, 0 if some has none (mu held). The
+/* The newest step of the current world for which every local rank's shard
+ * is in this node's memory and in its buddy's (in a world of one node: in
+ * this node's), 0 if some rank has none yet or the node is a spare. The
  * coordinator's resume_step is the minimum of this over the members. */
-static uint64_t committed_step(tg_agent *a) {
-  if (!a->ckpt || !a->update || !a->update->world || a->update->position < 0) return 0;
-  uint64_t lowest = UINT64_MAX;
-  for (int64_t s = 0; s < a->cfg.slots; s++) {
-    tg_ckpt_key key;
-    int32_t rank = a->update->position * (int32_t)a->cfg.slots + (int32_t)s;
-    if (tg_ckpt_store_newest(a->ckpt, a->cfg.job_id, rank, &key) != 0 ||
-        key.world_size != a->update->world->world_size)
-      return 0;
-    if (key.step < lowest) lowest = key.step;
-  }
-  return lowest == UINT64_MAX ? 0 : lowest;
-}
+static uint64_t committed_step(tg_agent *a) { return tg_replicator_committed(a->replicator); }
 
 /* Runs on the session thread: the heartbeat carries the ranks' progress
- * and the node's committed step. */
+ * and the node's committed step, stamped with the generation it belongs
+ * to (the session's newest, which on_world has already applied: both run
+ * on this thread). */
 static void fill_heartbeat(Tardigrade__V1__HeartbeatRequest *hb, void *user) {
   tg_agent *a = user;
   size_t n = 0;
@@ -157,12 +178,22 @@ static void fill_heartbeat(Tardigrade__V1__HeartbeatRequest *hb, void *user) {
     n++;
   }
   hb->committed_step = committed_step(a);
+  if (a->update && a->update->world) hb->generation = a->update->world->generation;
   pthread_mutex_unlock(&a->mu);
   tardigrade__v1__health_report__init(&a->hb_health);
   a->hb_health.healthy = a->health ? tg_health_checker_healthy(a->health) : 1;
   hb->health = &a->hb_health;
   hb->n_progress = n;
   hb->progress = a->hb_progress_ptrs;
+}
+
+/* A persisted copy could not be written (replication thread, rate-limited
+ * there): the disk is full or gone. Training is not disturbed, so it is a
+ * warning about the node, naming the directory. */
+static void on_persist_error(const char *detail, void *user) {
+  tg_agent *a = user;
+  tg_agent_report(a, TARDIGRADE__V1__FAULT_KIND__FAULT_DISK, TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING, -1,
+                  detail, 0, NULL, a->cfg.ckpt_dir);
 }
 
 /* --------------------------------------------------------------- health */
@@ -269,19 +300,54 @@ static void on_trainer_exit(int slot, pid_t pid, int exit_code, int sig, int wil
 
 /* ----------------------------------------------------------- the monitor */
 
+/* Feeds the collective each joined local trainer entered last (from the
+ * shared counters) to the detector: a rank stopped before a collective
+ * its peers entered keeps the lower number (mu held). */
+static void read_counters(tg_agent *a) {
+  int64_t now = tg_clock_mono_ms();
+  for (int64_t s = 0; s < a->cfg.slots; s++) {
+    uint64_t gen = 0, seq = 0, alive = 0;
+    if (tg_counters_read_alive(a->counters, (int)s, &alive) == 0 && alive != a->seen_alive[s]) {
+      a->seen_alive[s] = alive;
+      a->alive_changed_ms[s] = now;
+    }
+    if (a->slots[s].rank < 0 || tg_counters_read(a->counters, (int)s, &gen, &seq) != 0) continue;
+    if (gen != a->slots[s].generation || seq <= a->seen_seq[s]) continue;
+    a->seen_seq[s] = seq;
+    tg_progress_record rec = {.rank = (int32_t)s,
+                              .step = a->slots[s].has_progress ? a->slots[s].progress.step : 0,
+                              .collective_seq = seq,
+                              .updated_ms = now};
+    tg_progress_update(a->detector, &rec);
+  }
+}
+
+/* A local trainer in the current world whose alive counter stopped
+ * moving while its process still exists: stopped inside a collective its
+ * peers entered too. -1 if none (mu held). */
+static int stopped_slot(tg_agent *a) {
+  int64_t now = tg_clock_mono_ms();
+  for (int64_t s = 0; s < a->cfg.slots; s++)
+    if (a->slots[s].rank >= 0 && a->seen_alive[s] > 0 && now - a->alive_changed_ms[s] > ALIVE_STALL_MS)
+      return (int)s;
+  return -1;
+}
+
 /* Every MONITOR_MS: run the hang and straggler detector over local ranks. */
 static void *monitor_main(void *arg) {
   tg_agent *a = arg;
   pthread_mutex_lock(&a->mu);
   while (!a->stopping) {
+    read_counters(a);
     tg_progress_event ev[TG_AGENT_MAX_SLOTS];
     int n = tg_progress_evaluate(a->detector, tg_clock_mono_ms(), ev, TG_AGENT_MAX_SLOTS);
     int whole_world = a->update && a->update->world &&
                       (int64_t)a->update->world->world_size == a->cfg.slots;
     for (int i = 0; i < n; i++) {
       int slot = ev[i].rank;
-      int rank = slot_rank(a, slot); /* in the current world, joined or not */
       int hang = ev[i].kind == TG_PROGRESS_HANG;
+      if (hang && slot < 0) slot = stopped_slot(a);
+      int rank = slot_rank(a, slot); /* in the current world, joined or not */
       if (hang && slot < 0 && !whole_world) {
         /* Every local rank waits in the same collective: they are victims
          * of a rank elsewhere, whose agent names it. */
@@ -351,20 +417,49 @@ tg_agent *tg_agent_new(const tg_agent_config *cfg, char *err, size_t errlen) {
   if (!a->detector) goto fail;
 
   /* The node's checkpoint store: trainers write their snapshots into it
-   * and a restarted trainer reads them back. After an agent crash the
-   * region is still there, with its snapshots: it is opened, not replaced. */
+   * and a restarted trainer reads them back; buddies push their replicas
+   * into it. After an agent crash the region is still there, with its
+   * snapshots: it is opened, not replaced. Slots: each local shard's kept
+   * steps plus the one being written, three times over (own shards,
+   * buddies' replicas, shards fetched for a restore), and a few spare. */
   snprintf(a->ckpt_name, sizeof a->ckpt_name, "/tg-ckpt-%s-%s", cfg->job_id, cfg->node_id);
   a->ckpt = tg_ckpt_store_open(a->ckpt_name, err, errlen);
   if (!a->ckpt)
-    a->ckpt = tg_ckpt_store_create(a->ckpt_name, (uint64_t)cfg->ckpt_mib << 20, (uint32_t)(cfg->slots * 4 + 4),
-                                   3, err, errlen);
+    a->ckpt = tg_ckpt_store_create(a->ckpt_name, (uint64_t)cfg->ckpt_mib << 20,
+                                   (uint32_t)(cfg->slots * (CKPT_KEEP_STEPS + 1) * 3 + 8), CKPT_KEEP_STEPS,
+                                   err, errlen);
   if (!a->ckpt) goto fail;
+  /* Collective counters: trainers store the collective they enter, the
+   * monitor reads them (the hang detector's culprit). */
+  snprintf(a->counters_name, sizeof a->counters_name, "/tg-progress-%s-%s", cfg->job_id, cfg->node_id);
+  a->counters = tg_counters_create(a->counters_name, (int)cfg->slots, err, errlen);
+  if (!a->counters) goto fail;
+  tg_replicator_config rc = {.store = a->ckpt,
+                             .job_id = cfg->job_id,
+                             .node_id = cfg->node_id,
+                             .slots = (int)cfg->slots,
+                             .ckpt_dir = cfg->ckpt_dir,
+                             .persist_every = cfg->persist_every,
+                             .push_deadline_ms = PUSH_DEADLINE_MS,
+                             .on_persist_error = on_persist_error,
+                             .user = a};
+  a->replicator = tg_replicator_new(&rc, err, errlen);
+  if (!a->replicator) goto fail;
 
-  /* The peer service for other agents (probes), on TCP. */
-  a->peer = tg_rpc_server_new(NULL, err, errlen);
+  /* The peer service for other agents (probes, replication), on TCP. Its
+   * send queue holds a whole shard's chunks, so FetchShard can serve any
+   * shard a slot holds. */
+  tg_ckpt_repl_config repl = {.node_id = cfg->node_id};
+  tg_rpc_server_config peer_cfg = {.max_queued_sends = tg_ckpt_repl_queued_sends(a->ckpt, &repl)};
+  a->peer = tg_rpc_server_new(&peer_cfg, err, errlen);
   if (!a->peer) goto fail;
   a->probe_service = tg_probe_register_service(a->peer, cfg->node_id, err, errlen);
   if (!a->probe_service) goto fail;
+  a->repl_server = tg_ckpt_repl_server_new(a->ckpt, &repl);
+  if (!a->repl_server || tg_ckpt_repl_server_register(a->repl_server, a->peer) != 0) {
+    snprintf(err, errlen, "cannot serve the checkpoint store to buddies (Replication service)");
+    goto fail;
+  }
   int port = tg_rpc_server_listen(a->peer, cfg->listen, NULL, err, errlen);
   if (port < 0) goto fail;
   if (!cfg->advertise[0]) { /* with port 0, tell the others the port bound */
@@ -389,12 +484,13 @@ fail:
 
 /* One trainer per slot, told where the agent is through the environment. */
 static int start_trainers(tg_agent *a, char *err, size_t errlen) {
-  char sock[300], node[100], job[100], shm[200];
+  char sock[300], node[100], job[100], shm[200], counters[200];
   snprintf(sock, sizeof sock, "TG_AGENT_SOCKET=%s", a->cfg.socket_path);
   snprintf(node, sizeof node, "TG_NODE_ID=%s", a->cfg.node_id);
   snprintf(job, sizeof job, "TG_JOB=%s", a->cfg.job_id);
   snprintf(shm, sizeof shm, "TG_CKPT_SHM=%s", a->ckpt_name);
-  const char *env[] = {sock, node, job, shm, NULL};
+  snprintf(counters, sizeof counters, "TG_PROGRESS_SHM=%s", a->counters_name);
+  const char *env[] = {sock, node, job, shm, counters, NULL};
   tg_supervisor_config sc = {.argv = a->cfg.trainer_argv,
                              .slots = (int)a->cfg.slots,
                              .env = env,
@@ -438,6 +534,7 @@ int tg_agent_start(tg_agent *a, char *err, size_t errlen) {
                           .user = a};
   a->session = tg_session_start(&sc, err, errlen);
   if (!a->session) return -1;
+  if (tg_replicator_start(a->replicator, err, errlen) != 0) return -1;
   if (pthread_create(&a->monitor, NULL, monitor_main, a) != 0) {
     snprintf(err, errlen, "cannot start the monitor thread: %s", strerror(errno));
     return -1;
@@ -445,8 +542,11 @@ int tg_agent_start(tg_agent *a, char *err, size_t errlen) {
   a->monitor_started = 1;
   if (start_health(a, err, errlen) != 0) return -1;
   if (a->cfg.trainer_argv && start_trainers(a, err, errlen) != 0) return -1;
-  TG_INFO("agent for node %s (job %s): trainers' socket %s, peers reach it at %s, coordinators %s",
-          a->cfg.node_id, a->cfg.job_id, a->cfg.socket_path, a->advertise, a->cfg.coordinators);
+  TG_INFO("agent for node %s (job %s): trainers' socket %s, peers reach it at %s, coordinators %s, "
+          "checkpoints in %s (%u slots of %" PRIu64 " bytes), persisted %s%s",
+          a->cfg.node_id, a->cfg.job_id, a->cfg.socket_path, a->advertise, a->cfg.coordinators, a->ckpt_name,
+          tg_ckpt_store_slots(a->ckpt), tg_ckpt_store_slot_bytes(a->ckpt),
+          a->cfg.ckpt_dir[0] ? "under " : "nowhere", a->cfg.ckpt_dir);
   return 0;
 }
 
@@ -464,6 +564,7 @@ void tg_agent_drain(tg_agent *a) {
   if (a->supervisor) tg_supervisor_stop(a->supervisor, 5000);
   a->drained = 1;
   stop_threads(a);
+  tg_replicator_stop(a->replicator);
   if (a->session) {
     tg_rpc_status st = {0};
     tg_session_leave(a->session, "drained", &st);
@@ -479,11 +580,13 @@ void tg_agent_free(tg_agent *a) {
     tg_health_checker_free(a->health);
   }
   stop_threads(a);
+  tg_replicator_free(a->replicator); /* before the session: it reports disk faults through it */
   if (a->session) tg_session_free(a->session);
   if (a->prober) tg_prober_free(a->prober);
   if (a->local) tg_rpc_server_free(a->local, 1000);
   if (a->peer) tg_rpc_server_free(a->peer, 1000);
   tg_probe_service_free(a->probe_service); /* after its server */
+  tg_ckpt_repl_server_free(a->repl_server);
   if (a->cfg.socket_path[0]) unlink(a->cfg.socket_path);
   tg_progress_free(a->detector);
   /* A check still stuck in a backend call (a hung NVML) frees the checker
@@ -496,6 +599,8 @@ void tg_agent_free(tg_agent *a) {
   }
   for (size_t i = 0; i < a->n_nic_names; i++) free(a->nic_names[i]);
   tg_ckpt_store_close(a->ckpt);
+  tg_counters_close(a->counters);
+  if (a->counters_name[0]) tg_counters_unlink(a->counters_name);
   if (a->drained && a->ckpt_name[0]) tg_ckpt_store_unlink(a->ckpt_name); /* a crash keeps it */
   if (a->update) tardigrade__v1__world_update__free_unpacked(a->update, NULL);
   pthread_mutex_destroy(&a->mu);

@@ -1,9 +1,14 @@
 /* tg-agent as a library: one per node. It registers the node with the
  * coordinators and keeps its session (agent/session), serves the node's
  * trainer processes on a unix socket (join a world, report progress and
- * faults), supervises those processes, runs the GPU/NIC health checks and
- * the hang detector, probes its buddy agents, and reports every fault to
- * the coordinator. main.c builds one from flags; tests build them too. */
+ * faults, ask how far replication got), supervises those processes, runs
+ * the GPU/NIC health checks and the hang detector, probes its buddy
+ * agents, and reports every fault to the coordinator. It owns the node's
+ * checkpoint store, replicates each shard its trainers write to a buddy
+ * agent (and serves the buddies' replicas), persists every persist_every-th
+ * step under ckpt_dir, and tells the coordinator the newest step whose
+ * local shards all have a copy on another node (the committed step). main.c
+ * builds one from flags; tests build them too. */
 #ifndef TG_AGENT_H
 #define TG_AGENT_H
 
@@ -19,7 +24,7 @@ typedef struct {
   char job_id[64];
   char coordinators[512];        /* comma-separated */
   char socket_path[256];         /* the trainers' local service (unix socket path) */
-  char listen[256];              /* peer service (probes): host:port */
+  char listen[256];              /* peer service (probes, shard replication): host:port */
   char advertise[256];           /* how other agents reach this one; "" = listen */
   int64_t slots;                 /* trainer processes (ranks) on this node */
   const char *const *trainer_argv; /* command run in each slot; NULL: no trainers (external) */
@@ -35,6 +40,8 @@ typedef struct {
   int64_t probe_period_ms;       /* network probes to buddy agents; 0: off */
   int64_t health_period_ms;      /* GPU and NIC checks */
   int64_t ckpt_mib;              /* the node's in-memory checkpoint store, MiB */
+  char ckpt_dir[512];            /* persist shards under it; "" = never (memory copies only) */
+  int64_t persist_every;         /* persist steps that are multiples of this */
   const tg_rpc_tls *coordinator_tls;
 } tg_agent_config;
 

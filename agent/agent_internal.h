@@ -2,7 +2,9 @@
  * trainers' service). Not a public header.
  *
  * Locking: tg_agent.mu guards the world, the slots and the pending joins.
- * Calls to the coordinator (tg_session_*) are made without it. */
+ * Calls to the coordinator (tg_session_*) are made without it. The
+ * replicator has a lock of its own, taken after mu when both are held and
+ * never the other way round. */
 #ifndef TG_AGENT_INTERNAL_H
 #define TG_AGENT_INTERNAL_H
 
@@ -10,11 +12,14 @@
 #include <stdint.h>
 
 #include "agent/agent.h"
+#include "agent/ckpt/replicate.h"
 #include "agent/ckpt/store.h"
 #include "agent/health/checker.h"
 #include "agent/probe/probe.h"
 #include "agent/supervisor/supervisor.h"
+#include "agent/progress/counters.h"
 #include "agent/progress/progress.h"
+#include "agent/replicator.h"
 #include "agent/session/session.h"
 #include "proto/tardigrade/v1/agent.pb-c.h"
 #include "proto/tardigrade/v1/coordinator.pb-c.h"
@@ -40,9 +45,11 @@ struct tg_agent {
   char advertise[256];
   tg_session *session;
   tg_rpc_server *local;           /* the trainers' unix socket */
-  tg_rpc_method local_methods[3];
-  tg_rpc_server *peer;            /* other agents: probes (TCP, cfg.listen) */
+  tg_rpc_method local_methods[4];
+  tg_rpc_server *peer;            /* other agents: probes and replication (TCP, cfg.listen) */
   tg_probe_service *probe_service;
+  tg_ckpt_repl_server *repl_server; /* serves the store to buddies: PushShard, FetchShard, ListShards */
+  tg_replicator *replicator;      /* pushes local shards to the buddy, persists some to disk */
   tg_prober *prober;              /* probes the buddies of the current world */
   tg_supervisor *supervisor;      /* the trainer processes, when the agent starts them */
   tg_gpu *gpu;                    /* NVML, a fake, or NULL (no GPU checks) */
@@ -50,6 +57,11 @@ struct tg_agent {
   tg_health_checker *health;
   tg_ckpt_store *ckpt;            /* trainers' snapshots; outlives them (and a crashed agent) */
   char ckpt_name[160];
+  tg_counters *counters;          /* the collective each trainer entered last (shared memory) */
+  char counters_name[160];
+  uint64_t seen_seq[TG_AGENT_MAX_SLOTS]; /* as last fed to the detector */
+  uint64_t seen_alive[TG_AGENT_MAX_SLOTS];   /* the trainers' alive counters, */
+  int64_t alive_changed_ms[TG_AGENT_MAX_SLOTS]; /* and when each last moved */
   int drained;                    /* a clean stop: the store goes too */
   char *nic_names[16];            /* parsed from cfg.nics */
   size_t n_nic_names;

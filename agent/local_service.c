@@ -1,7 +1,11 @@
 /* The trainers' local service, on a unix socket: Join (wait for a world in
- * which this node holds ranks, and learn this slot's rank), ReportProgress
- * (step, last collective entered, step time: what the hang detector and
- * the coordinator's heartbeats are made of) and ReportFault (a collective
+ * which this node holds ranks, and learn this slot's rank, the node's
+ * checkpoint store, where buddies reach this agent and where shards are
+ * persisted), ReportProgress (step, last collective entered, step time:
+ * what the hang detector and the coordinator's heartbeats are made of; a
+ * reported step also means its shard is in the store, so it is handed to
+ * the replicator, and the answer says how far replication of the slot
+ * got), Replicated (just that answer) and ReportFault (a collective
  * timeout, a CUDA error, a NaN loss, forwarded to the coordinator with the
  * rank filled in). Requests are validated like any other daemon's: the
  * socket is local, but a trainer is arbitrary user code. */
@@ -30,10 +34,14 @@ static void answer_join(tg_agent *a, tg_rpc_call *call, uint32_t slot) {
   Tardigrade__V1__JoinResponse r = TARDIGRADE__V1__JOIN_RESPONSE__INIT;
   r.world = u->world;
   r.rank = u->position * (int32_t)a->cfg.slots + (int32_t)slot;
-  r.shm_name = (char *)"";
+  r.shm_name = a->ckpt_name;
+  r.agent_address = a->advertise;
+  r.node_id = a->cfg.node_id;
+  r.ckpt_dir = a->cfg.ckpt_dir;
   a->slots[slot].generation = u->world->generation;
   a->slots[slot].rank = r.rank;
   a->slots[slot].has_progress = 0;
+  a->seen_seq[slot] = 0; /* a new process counts its collectives from 1 */
   tg_rpc_call_finish(call, TG_RPC_OK, NULL, &r.base);
 }
 
@@ -128,6 +136,7 @@ static void on_progress(tg_rpc_call *call, const ProtobufCMessage *msg, void *us
     /* Progress from a world this slot is not in (any more): the trainer
      * learns the current generation and must re-join. */
     pthread_mutex_unlock(&a->mu);
+    r.replicated_step = tg_replicator_replicated(a->replicator, (int)req->slot, req->generation);
     tg_rpc_call_finish(call, TG_RPC_OK, NULL, &r.base);
     return;
   }
@@ -147,6 +156,25 @@ static void on_progress(tg_rpc_call *call, const ProtobufCMessage *msg, void *us
     tg_rpc_call_finish(call, TG_RPC_INVALID_ARGUMENT, tg_progress_status_text(ps), NULL);
     return;
   }
+  tg_replicator_written(a->replicator, (int)req->slot, req->generation, req->progress->step);
+  r.replicated_step = tg_replicator_replicated(a->replicator, (int)req->slot, req->generation);
+  tg_rpc_call_finish(call, TG_RPC_OK, NULL, &r.base);
+}
+
+static void on_replicated(tg_rpc_call *call, const ProtobufCMessage *msg, void *user) {
+  tg_agent *a = user;
+  const Tardigrade__V1__ReplicatedRequest *req = (const Tardigrade__V1__ReplicatedRequest *)msg;
+  if (req->slot >= (uint32_t)a->cfg.slots) {
+    char why[64];
+    snprintf(why, sizeof why, "slot must be 0..%" PRId64, a->cfg.slots - 1);
+    tg_rpc_call_finish(call, TG_RPC_INVALID_ARGUMENT, why, NULL);
+    return;
+  }
+  Tardigrade__V1__ReplicatedResponse r = TARDIGRADE__V1__REPLICATED_RESPONSE__INIT;
+  pthread_mutex_lock(&a->mu);
+  r.generation = a->update && a->update->world ? a->update->world->generation : 0;
+  pthread_mutex_unlock(&a->mu);
+  r.replicated_step = tg_replicator_replicated(a->replicator, (int)req->slot, req->generation);
   tg_rpc_call_finish(call, TG_RPC_OK, NULL, &r.base);
 }
 
@@ -186,7 +214,14 @@ static const tg_rpc_method local_methods[] = {
      .request = &tardigrade__v1__trainer_fault_request__descriptor,
      .response = &tardigrade__v1__trainer_fault_response__descriptor, .max_request_bytes = 8 << 10,
      .on_message = on_trainer_fault},
+    {.path = SVC "Replicated", .kind = TG_RPC_UNARY, .request = &tardigrade__v1__replicated_request__descriptor,
+     .response = &tardigrade__v1__replicated_response__descriptor, .max_request_bytes = 1 << 10,
+     .on_message = on_replicated},
 };
+
+_Static_assert(sizeof local_methods / sizeof local_methods[0] ==
+                   sizeof ((tg_agent *)0)->local_methods / sizeof ((tg_agent *)0)->local_methods[0],
+               "tg_agent.local_methods holds every method of the local service");
 
 int tg_agent_local_register(tg_agent *a, char *err, size_t errlen) {
   for (size_t i = 0; i < sizeof local_methods / sizeof local_methods[0]; i++) {

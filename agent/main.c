@@ -1,6 +1,6 @@
 /* tg-agent: the node agent daemon. Parses flags and an optional config
  * file, builds the agent (agent.h) and runs until SIGTERM/SIGINT, when it
- * drains: stops its trainers and leaves the job. */
+ * drains: stops its trainers, stops replicating and leaves the job. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +18,10 @@ static const char usage[] =
     "serves the node's trainer processes on a unix socket, starts and supervises\n"
     "them (one per slot, when a trainer command follows --), checks GPU and NIC\n"
     "health, detects hung and straggling ranks, and reports every fault.\n"
+    "Each shard the trainers write to the node's in-memory checkpoint store is\n"
+    "pushed to a buddy agent (the next node of the world); a step is committed\n"
+    "once every shard of it is held by two nodes. With --ckpt-dir, every\n"
+    "--persist-every-th step is also written to disk, off the trainers' path.\n"
     "Trainers find the socket in $TG_AGENT_SOCKET, their slot in $TG_SLOT and the\n"
     "node's checkpoint store in $TG_CKPT_SHM.";
 
@@ -34,7 +38,7 @@ int main(int argc, char **argv) {
       {"socket", TG_OPT_STRING, cfg.socket_path, sizeof cfg.socket_path, 0, 0,
        "unix socket path of the trainers' local service"},
       {"listen", TG_OPT_STRING, cfg.listen, sizeof cfg.listen, 0, 0,
-       "host:port of the peer service (probes from other agents)"},
+       "host:port of the peer service (probes and shard replication from other agents)"},
       {"advertise", TG_OPT_STRING, cfg.advertise, sizeof cfg.advertise, 0, 0,
        "address other agents use to reach this one; empty: --listen"},
       {"slots", TG_OPT_INT, &cfg.slots, 0, 1, 64, "trainer processes (ranks) on this node"},
@@ -60,6 +64,11 @@ int main(int argc, char **argv) {
        "how often to check GPUs and NICs"},
       {"ckpt-mib", TG_OPT_INT, &cfg.ckpt_mib, 0, 1, 1 << 20,
        "size of the node's in-memory checkpoint store (POSIX shared memory), MiB"},
+      {"ckpt-dir", TG_OPT_STRING, cfg.ckpt_dir, sizeof cfg.ckpt_dir, 0, 0,
+       "persist checkpoint shards under this directory (DIR/<job>/<step>/); empty: never, "
+       "memory copies only"},
+      {"persist-every", TG_OPT_INT, &cfg.persist_every, 0, 1, INT64_MAX / 4,
+       "with --ckpt-dir: persist steps that are multiples of this (the newest 2 are kept)"},
       {"tls-ca", TG_OPT_STRING, tls_ca, sizeof tls_ca, 0, 0,
        "PEM CA that verifies the coordinators (enables TLS)"},
       {"tls-cert", TG_OPT_STRING, tls_cert, sizeof tls_cert, 0, 0, "PEM client certificate"},

@@ -2,8 +2,14 @@
  * service exactly as libtardigrade will (Join, ReportProgress), and
  * simulates a synchronous collective with a barrier of files, so that when
  * one worker is stopped its peers really wait in "collective" seq+1 while
- * it stays at seq. Steps take --step-ms; a new generation makes it re-join.
+ * it stays at seq. Steps take STEP_MS; a new generation makes it re-join.
+ * Before reporting a step it writes its snapshot of that step into the
+ * node's checkpoint store (named in the Join answer) the way libtardigrade
+ * does: key {job, generation, step, shard = rank, world size}, bytes = a
+ * buffer count, each buffer's length, the buffers (one of SNAPSHOT_BYTES).
+ * It logs each new replicated step the agent reports back.
  *
+ *   usage: worker [STEP_MS [SNAPSHOT_BYTES]]   (50 ms, 4096 bytes)
  *   TG_AGENT_SOCKET, TG_SLOT   from the agent (or the test)
  *   TG_BARRIER_DIR             shared by all workers of the test */
 #include <errno.h>
@@ -15,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent/ckpt/store.h"
 #include "common/rpc/rpc.h"
 #include "proto/tardigrade/v1/agent.pb-c.h"
 
@@ -33,9 +40,27 @@ static int count_files(const char *dir, int world_size) {
   return n;
 }
 
+/* The snapshot of `step`: one buffer whose bytes depend on rank and step. */
+static int write_snapshot(tg_ckpt_store *store, const char *job, uint64_t gen, uint64_t step, int rank,
+                          int size, size_t state_bytes) {
+  size_t len = 2 * sizeof(uint64_t) + state_bytes;
+  unsigned char *buf = malloc(len);
+  if (!buf) return -1;
+  uint64_t dir[2] = {1, state_bytes};
+  memcpy(buf, dir, sizeof dir);
+  for (size_t i = 0; i < state_bytes; i++) buf[sizeof dir + i] = (unsigned char)(rank * 31 + step * 7 + i);
+  tg_ckpt_key key = {.generation = gen, .step = step, .shard = rank, .world_size = (uint32_t)size};
+  snprintf(key.job_id, sizeof key.job_id, "%s", job);
+  int rc = tg_ckpt_store_write(store, &key, buf, len);
+  free(buf);
+  if (rc != TG_CKPT_OK) fprintf(stderr, "worker: snapshot of step %" PRIu64 ": %s\n", step, tg_ckpt_result_name(rc));
+  return rc;
+}
+
 int main(int argc, char **argv) {
   const char *sock = getenv("TG_AGENT_SOCKET"), *slot_s = getenv("TG_SLOT"), *bar = getenv("TG_BARRIER_DIR");
   int64_t step_ms = argc > 1 ? atoll(argv[1]) : 50;
+  size_t state_bytes = argc > 2 ? (size_t)atoll(argv[2]) : 4096;
   if (!sock || !slot_s || !bar) {
     fprintf(stderr, "worker: needs TG_AGENT_SOCKET, TG_SLOT and TG_BARRIER_DIR\n");
     return 2;
@@ -50,6 +75,8 @@ int main(int argc, char **argv) {
   }
   uint32_t slot = (uint32_t)atoi(slot_s);
   uint64_t known = 0;
+  tg_ckpt_store *store = NULL;
+  char store_name[256] = "", job[TG_CKPT_JOB_ID_MAX] = "";
   for (;;) {
     Tardigrade__V1__JoinRequest jr = TARDIGRADE__V1__JOIN_REQUEST__INIT;
     jr.slot = slot;
@@ -68,7 +95,15 @@ int main(int argc, char **argv) {
     uint64_t gen = j->world->generation;
     int rank = j->rank, size = (int)j->world->world_size;
     printf("worker pid %d slot %u: rank %d of %d in generation %" PRIu64 "\n", (int)getpid(), slot, rank, size, gen);
+    if (j->shm_name[0] && strcmp(j->shm_name, store_name) != 0) {
+      tg_ckpt_store_close(store);
+      store = tg_ckpt_store_open(j->shm_name, err, sizeof err);
+      if (!store) fprintf(stderr, "worker: no snapshots: %s\n", err);
+      snprintf(store_name, sizeof store_name, "%s", store ? j->shm_name : "");
+    }
+    snprintf(job, sizeof job, "%s", j->world->job_id);
     protobuf_c_message_free_unpacked(m, NULL);
+    uint64_t replicated = 0;
     known = gen;
     uint64_t seq = 0;
     for (uint64_t step = 1;; step++) {
@@ -77,6 +112,7 @@ int main(int argc, char **argv) {
       clock_gettime(CLOCK_MONOTONIC, &ts);
       t0 = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
       sleep_ms(step_ms); /* "compute" */
+      if (store && job[0]) write_snapshot(store, job, gen, step, rank, size, state_bytes);
       seq++;             /* enter the collective */
       Tardigrade__V1__RankProgress p = TARDIGRADE__V1__RANK_PROGRESS__INIT;
       p.rank = rank;
@@ -93,7 +129,12 @@ int main(int argc, char **argv) {
                        &tardigrade__v1__progress_response__descriptor, &m, &po, &st) != TG_RPC_OK)
         break;
       uint64_t now_gen = ((Tardigrade__V1__ProgressResponse *)m)->generation;
+      uint64_t now_replicated = ((Tardigrade__V1__ProgressResponse *)m)->replicated_step;
       protobuf_c_message_free_unpacked(m, NULL);
+      if (now_replicated != replicated) {
+        replicated = now_replicated;
+        printf("worker slot %u: replicated step %" PRIu64 " in generation %" PRIu64 "\n", slot, replicated, gen);
+      }
       if (now_gen != gen) break; /* the world changed: re-join */
       /* The barrier: wait until every rank entered this collective. */
       char dir[600], mine[700];
