@@ -232,6 +232,18 @@ void tg_coord_record_fault(tg_coord *c, const Tardigrade__V1__Fault *f) {
 
 /* ---------------------------------------------------------------- worlds */
 
+uint64_t tg_coord_committed(tg_coord *c) {
+  if (!c->world || c->world->n_nodes == 0) return c->committed_step;
+  uint64_t lowest = UINT64_MAX;
+  for (size_t i = 0; i < c->world->n_nodes; i++) {
+    tg_node *n = tg_coord_find_node(c, c->world->nodes[i]->node_id);
+    if (!n || n->committed_generation != c->world->generation) return c->committed_step;
+    if (n->committed_step < lowest) lowest = n->committed_step;
+  }
+  if (lowest != UINT64_MAX && lowest > c->committed_step) c->committed_step = lowest;
+  return c->committed_step;
+}
+
 /* Builds and packs the next world; returns an owned, unpacked copy. */
 static Tardigrade__V1__World *make_world(tg_coord *c, tg_node **members, size_t n, const char *reason) {
   Tardigrade__V1__World w = TARDIGRADE__V1__WORLD__INIT;
@@ -240,8 +252,32 @@ static Tardigrade__V1__World *make_world(tg_coord *c, tg_node **members, size_t 
   char prefix[160];
   uint8_t *buf = NULL;
   Tardigrade__V1__World *out = NULL;
-  if (!wn || !wnp) goto out;
-  uint64_t resume = UINT64_MAX;
+  /* Where the shards of the nodes that left can be fetched: each node's
+   * agent copies its ranks' shards to the next node of the ring. */
+  size_t old_n = c->world ? c->world->n_nodes : 0, old_slots = c->world ? c->world->slots_per_node : 0;
+  size_t n_src = 0;
+  Tardigrade__V1__ShardSource *src = calloc(old_n * old_slots + 1, sizeof *src);
+  Tardigrade__V1__ShardSource **srcp = calloc(old_n * old_slots + 1, sizeof *srcp);
+  if (!wn || !wnp || !src || !srcp) goto out;
+  for (size_t p = 0; p < old_n && old_n > 1; p++) {
+    const char *id = c->world->nodes[p]->node_id;
+    const Tardigrade__V1__WorldNode *next = c->world->nodes[(p + 1) % old_n];
+    int stays = 0, next_stays = 0;
+    for (size_t i = 0; i < n; i++) {
+      stays |= strcmp(members[i]->id, id) == 0;
+      next_stays |= strcmp(members[i]->id, next->node_id) == 0;
+    }
+    if (stays || !next_stays) continue;
+    for (size_t s = 0; s < old_slots; s++) {
+      tardigrade__v1__shard_source__init(&src[n_src]);
+      src[n_src].shard = (int32_t)(p * old_slots + s);
+      src[n_src].step = c->committed_step;
+      src[n_src].node_id = next->node_id;
+      src[n_src].agent_address = next->address;
+      srcp[n_src] = &src[n_src];
+      n_src++;
+    }
+  }
   for (size_t i = 0; i < n; i++) {
     tardigrade__v1__world_node__init(&wn[i]);
     wn[i].node_id = members[i]->id;
@@ -249,7 +285,6 @@ static Tardigrade__V1__World *make_world(tg_coord *c, tg_node **members, size_t 
     wn[i].address = members[i]->info && members[i]->info->address ? members[i]->info->address
                                                                    : (char *)"";
     wnp[i] = &wn[i];
-    if (members[i]->committed_step < resume) resume = members[i]->committed_step;
   }
   w.job_id = c->cfg.job_id;
   w.generation = c->generation + 1;
@@ -261,7 +296,10 @@ static Tardigrade__V1__World *make_world(tg_coord *c, tg_node **members, size_t 
   w.store_address = c->cfg.store_address[0] ? c->cfg.store_address : c->cfg.etcd_endpoints;
   snprintf(prefix, sizeof prefix, "/tardigrade/jobs/%s/gen/%" PRIu64 "/", c->cfg.job_id, w.generation);
   w.store_prefix = prefix;
-  w.resume_step = (n == 0 || resume == UINT64_MAX) ? 0 : resume;
+  w.resume_step = tg_coord_committed(c);
+  for (size_t i = 0; i < n_src; i++) srcp[i]->step = w.resume_step;
+  w.n_shard_sources = n_src;
+  w.shard_sources = srcp;
   w.previous_world_size = c->world ? c->world->world_size : 0;
   w.formed_unix_ms = tg_clock_unix_ms();
   w.reason = (char *)reason;
@@ -274,6 +312,8 @@ out:
   free(buf);
   free(wn);
   free(wnp);
+  free(src);
+  free(srcp);
   return out;
 }
 
@@ -557,6 +597,7 @@ static int take_over(tg_coord *c) {
   c->world = (Tardigrade__V1__World *)wm;
   c->world_mod_revision = wm ? world_rev : 0;
   c->generation = wm ? c->world->generation : 0;
+  c->committed_step = wm ? c->world->resume_step : 0;
   c->had_world = wm != NULL;
   c->restart_requested = 0;
   c->fault_seq = 0;

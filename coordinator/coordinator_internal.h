@@ -47,7 +47,8 @@ typedef struct tg_node {
   int64_t recent_faults_unix_ms[TG_RECENT_FAULTS];
   size_t n_recent_faults;
   uint32_t fault_count;
-  uint64_t committed_step;
+  uint64_t committed_step;        /* as its last heartbeat said, */
+  uint64_t committed_generation;  /* about the world of this generation */
   Tardigrade__V1__RankProgress progress[TG_MAX_PROGRESS];
   size_t n_progress;
   int dirty;                     /* record must be written to etcd */
@@ -95,6 +96,7 @@ struct tg_coord {
   Tardigrade__V1__World *world;  /* current world (owned), NULL before the first */
   int64_t world_mod_revision;    /* etcd revision of the world key */
   uint64_t generation;           /* newest generation allocated */
+  uint64_t committed_step;       /* the job's newest committed step (see tg_coord_committed) */
   int had_world;
   int restart_requested;         /* a rank fault: re-form the same members */
 
@@ -108,6 +110,10 @@ struct tg_coord {
 
 /* coordinator.c */
 tg_node *tg_coord_find_node(tg_coord *c, const char *id);
+/* The job's newest committed step (mu held): a step is committed once
+ * every member of the world that wrote it reports it replicated, and it
+ * never goes back, whoever joins or dies later. */
+uint64_t tg_coord_committed(tg_coord *c);
 /* Adds a node to the table (mu held); NULL when the table is full. */
 tg_node *tg_coord_add_node(tg_coord *c, const char *id);
 /* Something the policy looks at changed: decide soon (mu held). */

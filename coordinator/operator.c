@@ -34,20 +34,18 @@ static void on_status(tg_rpc_call *call, const ProtobufCMessage *msg, void *user
   r.world = c->world;
   r.leader_id = c->cfg.coordinator_id;
   r.nodes_total = (uint32_t)c->n_nodes;
-  uint64_t committed = UINT64_MAX;
   for (size_t i = 0; i < c->n_nodes; i++) {
     tg_node *n = c->nodes[i];
     Tardigrade__V1__NodeState s = tg_coord_node_state(c, n);
     if (s == TARDIGRADE__V1__NODE_STATE__NODE_ACTIVE) {
       r.nodes_active++;
-      if (n->committed_step < committed) committed = n->committed_step;
     } else if (s == TARDIGRADE__V1__NODE_STATE__NODE_SPARE) {
       r.nodes_spare++;
     } else if (s != TARDIGRADE__V1__NODE_STATE__NODE_LEFT && s != TARDIGRADE__V1__NODE_STATE__NODE_JOINING) {
       r.nodes_unhealthy++;
     }
   }
-  r.committed_step = committed == UINT64_MAX ? 0 : committed;
+  r.committed_step = tg_coord_committed(c);
   tg_rpc_call_finish(call, TG_RPC_OK, NULL, &r.base);
   pthread_mutex_unlock(&c->mu);
 }

@@ -230,6 +230,7 @@ static void on_heartbeat(tg_rpc_call *call, const ProtobufCMessage *msg, void *u
     n->n_progress++;
   }
   n->committed_step = req->committed_step;
+  n->committed_generation = req->generation;
   if (req->generation < c->generation && n->notified_generation < c->generation) {
     Tardigrade__V1__HeartbeatResponse r = TARDIGRADE__V1__HEARTBEAT_RESPONSE__INIT;
     r.generation = c->generation;

@@ -337,12 +337,28 @@ static void test_spare_replaces_dead_node(void **state) {
   n[3] = add_agent(c, "spare", 2);
   assert_int_equal(tg_sim_agent_wait_registered(n[3], WAIT_MS), 0);
   int lost_position = state_of(n[1]).position;
+  /* The lost node's shards are copied to the next node of the ring. */
+  Tardigrade__V1__WorldUpdate *before = first_update(c, NULL, 0);
+  const Tardigrade__V1__WorldNode *next = before->world->nodes[(lost_position + 1) % 3];
+  char next_id[64], next_address[256];
+  snprintf(next_id, sizeof next_id, "%s", next->node_id);
+  snprintf(next_address, sizeof next_address, "%s", next->address);
+  tardigrade__v1__world_update__free_unpacked(before, NULL);
   tg_sim_agent_silence(n[1], 1); /* heartbeats stop: the node is lost */
   tg_sim_agent *survivors[] = {n[0], n[2], n[3]};
   wait_all(c, survivors, 3, 2);
   assert_string_equal(state_of(n[0]).reason, "replace");
   assert_int_equal(state_of(n[0]).world_size, 6);           /* size kept */
   assert_int_equal(state_of(n[3]).position, lost_position); /* the spare took its ranks */
+  /* The new world says where the lost ranks' shards can be fetched. */
+  Tardigrade__V1__WorldUpdate *u = first_update(c, NULL, 0);
+  assert_int_equal(u->world->n_shard_sources, 2);
+  for (size_t i = 0; i < 2; i++) {
+    assert_int_equal(u->world->shard_sources[i]->shard, lost_position * 2 + (int)i);
+    assert_string_equal(u->world->shard_sources[i]->node_id, next_id);
+    assert_string_equal(u->world->shard_sources[i]->agent_address, next_address);
+  }
+  tardigrade__v1__world_update__free_unpacked(u, NULL);
   check_generations_unique(c, NULL);
   stop_cluster(c);
 }
