@@ -7,9 +7,11 @@
  *
  *   tg_join        wait for a world; learn rank and size; build the
  *                  communicator (gloo on CPU) for this generation
- *   tg_resume_step the newest step every rank has a snapshot of (0: start)
- *   tg_restore     read this rank's snapshot of that step back into the
- *                  registered buffers
+ *   tg_resume_step where to resume: the newest step all of whose shards
+ *                  survive somewhere (0: start afresh)
+ *   tg_restore     read this rank's shard of it back into the registered
+ *                  buffers (or tg_shard_open the old world's shards and
+ *                  reshard, when the world changed size)
  *   per step:  collectives (tg_all_reduce, tg_all_gather, ...) ...
  *              tg_snapshot(step)   this rank's buffers into the node's memory
  *              tg_step_done(step)  report progress
@@ -23,7 +25,11 @@
  * Snapshots hold the buffers registered with tg_register, in registration
  * order, each with its byte length; they are written to the agent's shared
  * memory, which outlives this process, with a checksum that is verified on
- * restore. A restarted trainer therefore resumes from its node's memory. */
+ * every read. The agent copies each to a buddy agent on another node, so a
+ * restarted trainer resumes from its node's memory and a replacement node
+ * from its buddy's; a step is committed once every shard of it is in two
+ * memories. tg_step_done waits when the copies fall more than
+ * TG_MAX_REPLICATION_LAG steps behind, so that lag stays bounded. */
 #ifndef TARDIGRADE_H
 #define TARDIGRADE_H
 
@@ -42,6 +48,8 @@ typedef enum {
 
 typedef enum { TG_FLOAT32 = 0, TG_INT64 = 1 } tg_dtype;
 
+#define TG_MAX_REPLICATION_LAG 2
+
 typedef struct tg_trainer tg_trainer;
 
 typedef struct {
@@ -49,7 +57,7 @@ typedef struct {
   int rank;
   int world_size;
   int previous_world_size;  /* 0 before the first world */
-  uint64_t coordinator_resume_step; /* the coordinator's view; see tg_resume_step */
+  uint64_t coordinator_resume_step; /* the job's newest committed step when it formed */
 } tg_world;
 
 /* From the agent's environment. NULL (with a message on stderr) when the
@@ -69,16 +77,46 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms);
  * size a rank's slices have other sizes). Returns TG_OK or TG_ERROR. */
 tg_result tg_register(tg_trainer *t, const char *name, void *data, size_t bytes);
 
-/* The newest step for which every rank of the current world holds a
- * snapshot in its node's memory (agreed through the communicator), or 0
- * when there is none (a new job). */
-tg_result tg_resume_step(tg_trainer *t, uint64_t *step);
+/* Where training resumes in a new world. */
+typedef struct {
+  uint64_t step;            /* 0: there is no snapshot anywhere; start afresh */
+  int world_size;           /* size of the world that wrote it: its shards are
+                             * 0 .. world_size - 1 (one per rank of that world) */
+  int from_disk;            /* some shard came from the persisted checkpoint
+                             * because no memory copy of it was left */
+  uint64_t committed_step;  /* the job's newest committed step, as the
+                             * coordinator knew it when this world formed */
+  uint64_t lost_steps;      /* committed steps that could not be recovered:
+                             * committed_step - step when positive */
+} tg_resume;
 
-/* Reads this rank's snapshot of `step` into the registered buffers. The
- * world must have the size it had when the snapshot was taken. */
-tg_result tg_restore(tg_trainer *t, uint64_t step);
+/* Agrees with every rank of the current world on where to resume: the
+ * newest step of which every shard is still somewhere (this node's memory,
+ * another node's, or the persisted checkpoint), preferring memory. Every
+ * shard of it is read and its checksum verified before the step is chosen,
+ * so a corrupt copy is refused and another copy, or an older step, used.
+ * The world that wrote the step may have had another size: tg_restore then
+ * does not apply; read the old shards with tg_shard_open and reshard. */
+tg_result tg_resume_step(tg_trainer *t, tg_resume *resume);
 
-/* Writes the registered buffers as this rank's snapshot of `step`. */
+/* Reads this rank's shard of the resume point into the registered buffers
+ * (each must have the length it had when snapshotted). Only when the world
+ * has the size it had then (resume->world_size). */
+tg_result tg_restore(tg_trainer *t, const tg_resume *resume);
+
+/* One shard of the resume point, read whole: its buffers in the order
+ * they were registered when it was written. The bytes stay valid until
+ * tg_shard_close. Copies fetched from other nodes or the disk are cached
+ * until the next tg_snapshot or tg_join. */
+typedef struct tg_shard tg_shard;
+tg_result tg_shard_open(tg_trainer *t, const tg_resume *resume, int shard, tg_shard **out);
+size_t tg_shard_buffers(const tg_shard *s);
+const void *tg_shard_buffer(const tg_shard *s, size_t index, size_t *bytes);
+void tg_shard_close(tg_shard *s);
+
+/* Writes the registered buffers as this rank's snapshot of `step` into the
+ * node's memory; the agent copies it to a buddy node (and every N steps to
+ * disk) in the background. */
 tg_result tg_snapshot(tg_trainer *t, uint64_t step);
 
 /* Reports that `step` is done (for the hang detector and the heartbeats);

@@ -19,34 +19,14 @@
 #include "common/rpc/rpc.h"
 #include "proto/tardigrade/v1/agent.pb-c.h"
 #include "trainer/comm/comm.h"
+#include "trainer/lib/internal.h"
+#include "common/clock/clock.h"
 
-#define MAX_BUFFERS 32
 #define CALL_MS 5000
 #define COLLECTIVE_MS 30000 /* a collective that takes longer means a peer is gone */
+#define REPLICATION_WAIT_MS 10000 /* then go on unreplicated: the buddy is likely gone */
 
-typedef struct {
-  char name[64];
-  void *data;
-  size_t bytes;
-} buffer;
-
-struct tg_trainer {
-  char job[64];
-  uint32_t slot;
-  tg_rpc_channel *agent;
-  tg_ckpt_store *store;
-  tg_comm *comm;
-  tg_world world;
-  uint64_t known_generation;
-  buffer buffers[MAX_BUFFERS];
-  size_t n_buffers;
-  uint64_t collective_seq;
-  char error[512];
-};
-
-static tg_result fail(tg_trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static tg_result fail(tg_trainer *t, const char *fmt, ...) {
+tg_result tg_lib_fail(tg_trainer *t, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(t->error, sizeof t->error, fmt, ap);
@@ -55,6 +35,17 @@ static tg_result fail(tg_trainer *t, const char *fmt, ...) {
 }
 
 const char *tg_last_error(const tg_trainer *t) { return t->error; }
+
+/* Advances this slot's alive counter until tg_free: it stops only when
+ * the whole process does. */
+static void *alive_main(void *arg) {
+  tg_trainer *t = arg;
+  while (!atomic_load(&t->alive_stop)) {
+    tg_counters_alive(t->counters, (int)t->slot);
+    tg_clock_sleep_ms(TG_COUNTERS_ALIVE_MS);
+  }
+  return NULL;
+}
 
 tg_trainer *tg_init(void) {
   const char *sock = getenv("TG_AGENT_SOCKET"), *slot = getenv("TG_SLOT"), *shm = getenv("TG_CKPT_SHM");
@@ -76,13 +67,23 @@ tg_trainer *tg_init(void) {
     tg_free(t);
     return NULL;
   }
+  const char *counters = getenv("TG_PROGRESS_SHM");
+  if (counters && *counters && !(t->counters = tg_counters_open(counters, err, sizeof err)))
+    fprintf(stderr, "tardigrade: %s; hangs in collectives will be blamed less precisely\n", err);
+  if (t->counters) t->alive_started = pthread_create(&t->alive_thread, NULL, alive_main, t) == 0;
   return t;
 }
 
 void tg_free(tg_trainer *t) {
   if (!t) return;
   tg_comm_free(t->comm);
+  tg_lib_forget_restore(t);
   tg_ckpt_store_close(t->store);
+  if (t->alive_started) {
+    atomic_store(&t->alive_stop, 1);
+    pthread_join(t->alive_thread, NULL);
+  }
+  tg_counters_close(t->counters);
   if (t->agent) tg_rpc_channel_free(t->agent);
   free(t);
 }
@@ -93,6 +94,7 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
     tg_comm_free(t->comm);
     t->comm = NULL;
   }
+  tg_lib_forget_restore(t);
   Tardigrade__V1__JoinRequest req = TARDIGRADE__V1__JOIN_REQUEST__INIT;
   req.slot = t->slot;
   req.pid = getpid();
@@ -102,7 +104,7 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
   tg_rpc_call_opts o = {.deadline_ms = timeout_ms, .wait_for_ready = 1};
   if (tg_rpc_unary(t->agent, "/tardigrade.v1.Agent/Join", &req.base, &tardigrade__v1__join_response__descriptor,
                    &m, &o, &st) != TG_RPC_OK)
-    return fail(t, "join: %s: %s", tg_rpc_code_name(st.code), st.message);
+    return tg_lib_fail(t, "join: %s: %s", tg_rpc_code_name(st.code), st.message);
   Tardigrade__V1__JoinResponse *r = (Tardigrade__V1__JoinResponse *)m;
   t->world.previous_world_size = t->world.world_size;
   t->world.generation = r->world->generation;
@@ -110,6 +112,10 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
   t->world.world_size = (int)r->world->world_size;
   t->world.coordinator_resume_step = r->world->resume_step;
   t->known_generation = r->world->generation;
+  t->collective_seq = 0;
+  snprintf(t->node_id, sizeof t->node_id, "%s", r->node_id);
+  snprintf(t->agent_address, sizeof t->agent_address, "%s", r->agent_address);
+  snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s", r->ckpt_dir);
   tg_comm_config cc = {.backend = TG_COMM_GLOO,
                        .rank = r->rank,
                        .world_size = (int)r->world->world_size,
@@ -132,11 +138,12 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
 
 tg_result tg_register(tg_trainer *t, const char *name, void *data, size_t bytes) {
   if (!name || strlen(name) >= sizeof t->buffers[0].name || (!data && bytes))
-    return fail(t, "register: bad buffer");
-  buffer *b = NULL;
+    return tg_lib_fail(t, "register: bad buffer");
+  tg_lib_buffer *b = NULL;
   for (size_t i = 0; i < t->n_buffers && !b; i++)
     if (strcmp(t->buffers[i].name, name) == 0) b = &t->buffers[i]; /* replaced */
-  if (!b && t->n_buffers == MAX_BUFFERS) return fail(t, "register: more than %d buffers", MAX_BUFFERS);
+  if (!b && t->n_buffers == TG_LIB_MAX_BUFFERS)
+    return tg_lib_fail(t, "register: more than %d buffers", TG_LIB_MAX_BUFFERS);
   if (!b) b = &t->buffers[t->n_buffers++];
   snprintf(b->name, sizeof b->name, "%s", name);
   b->data = data;
@@ -151,9 +158,15 @@ static tg_result comm_result(tg_trainer *t, tg_comm_code code, const tg_comm_sta
   return TG_WORLD_CHANGED;
 }
 
+/* Counts a collective and tells the agent this rank entered it. */
+static void enter(tg_trainer *t) {
+  t->collective_seq++;
+  tg_counters_enter(t->counters, (int)t->slot, t->world.generation, t->collective_seq);
+}
+
 tg_result tg_all_reduce(tg_trainer *t, void *buf, size_t count, tg_dtype type) {
   tg_comm_status cs = {0};
-  t->collective_seq++;
+  enter(t);
   return comm_result(t,
                      tg_comm_all_reduce(t->comm, buf, count, type == TG_INT64 ? TG_COMM_INT64 : TG_COMM_FLOAT32,
                                         COLLECTIVE_MS, &cs),
@@ -162,50 +175,18 @@ tg_result tg_all_reduce(tg_trainer *t, void *buf, size_t count, tg_dtype type) {
 
 tg_result tg_all_gather(tg_trainer *t, const void *send, void *recv, size_t bytes_per_rank) {
   tg_comm_status cs = {0};
-  t->collective_seq++;
+  enter(t);
   return comm_result(t, tg_comm_all_gather(t->comm, send, recv, bytes_per_rank, COLLECTIVE_MS, &cs), &cs);
 }
 
 tg_result tg_broadcast(tg_trainer *t, void *buf, size_t bytes, int root) {
   tg_comm_status cs = {0};
-  t->collective_seq++;
+  enter(t);
   return comm_result(t, tg_comm_broadcast(t->comm, buf, bytes, root, COLLECTIVE_MS, &cs), &cs);
 }
 
-/* The key of this rank's snapshot of `step` in the current world size, of
- * any generation: a world re-formed at the same size finds it. */
-static int find_snapshot(tg_trainer *t, uint64_t step, tg_ckpt_key *out) {
-  tg_ckpt_key keys[256];
-  size_t n = tg_ckpt_store_list(t->store, t->job, keys, 256);
-  int found = 0;
-  for (size_t i = 0; i < n && i < 256; i++) {
-    if (keys[i].shard != t->world.rank || (int)keys[i].world_size != t->world.world_size) continue;
-    if (step == UINT64_MAX ? (!found || keys[i].step > out->step) : keys[i].step == step) {
-      *out = keys[i];
-      found = 1;
-    }
-  }
-  return found;
-}
-
-tg_result tg_resume_step(tg_trainer *t, uint64_t *step) {
-  tg_ckpt_key newest;
-  int64_t mine = find_snapshot(t, UINT64_MAX, &newest) ? (int64_t)newest.step : 0;
-  /* The minimum over the ranks: gather every rank's newest and take it. */
-  int64_t *all = calloc((size_t)t->world.world_size, sizeof *all);
-  if (!all) return fail(t, "out of memory");
-  tg_result r = tg_all_gather(t, &mine, all, sizeof mine);
-  if (r == TG_OK) {
-    int64_t lowest = all[0];
-    for (int i = 1; i < t->world.world_size; i++)
-      if (all[i] < lowest) lowest = all[i];
-    *step = lowest > 0 ? (uint64_t)lowest : 0;
-  }
-  free(all);
-  return r;
-}
-
 tg_result tg_snapshot(tg_trainer *t, uint64_t step) {
+  tg_lib_forget_restore(t); /* restored: the copies read for it are no longer needed */
   size_t total = sizeof(uint64_t) * (1 + t->n_buffers);
   for (size_t i = 0; i < t->n_buffers; i++) total += t->buffers[i].bytes;
   tg_ckpt_key key = {.generation = t->world.generation, .step = step, .shard = t->world.rank,
@@ -213,7 +194,7 @@ tg_result tg_snapshot(tg_trainer *t, uint64_t step) {
   snprintf(key.job_id, sizeof key.job_id, "%s", t->job);
   tg_ckpt_writer *w = NULL;
   int rc = tg_ckpt_writer_begin(t->store, &key, total, &w);
-  if (rc != 0) return fail(t, "snapshot of step %" PRIu64 ": %s", step, tg_ckpt_result_name(rc));
+  if (rc != 0) return tg_lib_fail(t, "snapshot of step %" PRIu64 ": %s", step, tg_ckpt_result_name(rc));
   uint64_t n = t->n_buffers;
   rc = tg_ckpt_writer_append(w, &n, sizeof n);
   for (size_t i = 0; rc == 0 && i < t->n_buffers; i++) {
@@ -223,45 +204,13 @@ tg_result tg_snapshot(tg_trainer *t, uint64_t step) {
   for (size_t i = 0; rc == 0 && i < t->n_buffers; i++) rc = tg_ckpt_writer_append(w, t->buffers[i].data, t->buffers[i].bytes);
   if (rc != 0) {
     tg_ckpt_writer_abort(w);
-    return fail(t, "snapshot of step %" PRIu64 ": %s", step, tg_ckpt_result_name(rc));
+    return tg_lib_fail(t, "snapshot of step %" PRIu64 ": %s", step, tg_ckpt_result_name(rc));
   }
   rc = tg_ckpt_writer_commit(w);
-  return rc == 0 ? TG_OK : fail(t, "snapshot commit: %s", tg_ckpt_result_name(rc));
+  return rc == 0 ? TG_OK : tg_lib_fail(t, "snapshot commit: %s", tg_ckpt_result_name(rc));
 }
 
-tg_result tg_restore(tg_trainer *t, uint64_t step) {
-  tg_ckpt_key key;
-  if (!find_snapshot(t, step, &key))
-    return fail(t, "no snapshot of step %" PRIu64 " for rank %d of %d in this node's memory", step,
-                t->world.rank, t->world.world_size);
-  void *bytes = NULL;
-  size_t len = 0;
-  int rc = tg_ckpt_store_read_alloc(t->store, &key, &bytes, &len, NULL);
-  if (rc != 0) return fail(t, "snapshot of step %" PRIu64 ": %s", step, tg_ckpt_result_name(rc));
-  const uint8_t *p = bytes;
-  uint64_t n = 0;
-  tg_result r = TG_OK;
-  if (len < sizeof n || (memcpy(&n, p, sizeof n), n != t->n_buffers) ||
-      len < sizeof(uint64_t) * (1 + n)) {
-    r = fail(t, "snapshot of step %" PRIu64 " holds other buffers than were registered", step);
-    goto out;
-  }
-  size_t off = sizeof(uint64_t) * (1 + n);
-  for (size_t i = 0; i < t->n_buffers; i++) {
-    uint64_t blen;
-    memcpy(&blen, p + sizeof(uint64_t) * (1 + i), sizeof blen);
-    if (blen != t->buffers[i].bytes || off + blen > len) {
-      r = fail(t, "snapshot buffer %s has %" PRIu64 " bytes, %zu expected", t->buffers[i].name, blen,
-               t->buffers[i].bytes);
-      goto out;
-    }
-    memcpy(t->buffers[i].data, p + off, blen);
-    off += blen;
-  }
-out:
-  free(bytes);
-  return r;
-}
+static tg_result wait_replicated(tg_trainer *t, uint64_t step, uint64_t replicated);
 
 tg_result tg_step_done(tg_trainer *t, uint64_t step, float loss, uint32_t step_time_ms) {
   Tardigrade__V1__RankProgress p = TARDIGRADE__V1__RANK_PROGRESS__INIT;
@@ -279,8 +228,65 @@ tg_result tg_step_done(tg_trainer *t, uint64_t step, float loss, uint32_t step_t
   tg_rpc_call_opts o = {.deadline_ms = CALL_MS};
   if (tg_rpc_unary(t->agent, "/tardigrade.v1.Agent/ReportProgress", &req.base,
                    &tardigrade__v1__progress_response__descriptor, &m, &o, &st) != TG_RPC_OK)
-    return fail(t, "progress: %s", st.message);
-  uint64_t now = ((Tardigrade__V1__ProgressResponse *)m)->generation;
+    return tg_lib_fail(t, "progress: %s", st.message);
+  Tardigrade__V1__ProgressResponse *pr = (Tardigrade__V1__ProgressResponse *)m;
+  uint64_t now = pr->generation, replicated = pr->replicated_step;
   protobuf_c_message_free_unpacked(m, NULL);
-  return now != t->world.generation ? TG_WORLD_CHANGED : TG_OK;
+  if (now != t->world.generation) return TG_WORLD_CHANGED;
+  return wait_replicated(t, step, replicated);
+}
+
+/* Waits while this rank's copies on the buddy node lag more than
+ * TG_MAX_REPLICATION_LAG steps behind `step`, so that the steps the node
+ * keeps in memory always include one its buddy holds too. Bounded: a
+ * buddy that stopped answering is the coordinator's business (it forms a
+ * new world), not a reason to stop training. */
+static tg_result wait_replicated(tg_trainer *t, uint64_t step, uint64_t replicated) {
+  int64_t deadline = tg_clock_mono_ms() + REPLICATION_WAIT_MS;
+  while (step > replicated + TG_MAX_REPLICATION_LAG) {
+    if (tg_clock_mono_ms() >= deadline) {
+      if (!t->replication_stalled)
+        fprintf(stderr, "tardigrade: rank %d: step %" PRIu64 " is still not copied to the buddy node "
+                "(newest copied: %" PRIu64 "); going on without waiting\n", t->world.rank, step, replicated);
+      t->replication_stalled = 1;
+      return TG_OK;
+    }
+    tg_clock_sleep_ms(1);
+    Tardigrade__V1__ReplicatedRequest req = TARDIGRADE__V1__REPLICATED_REQUEST__INIT;
+    req.slot = t->slot;
+    req.generation = t->world.generation;
+    ProtobufCMessage *m = NULL;
+    tg_rpc_status st = {0};
+    tg_rpc_call_opts o = {.deadline_ms = CALL_MS};
+    if (tg_rpc_unary(t->agent, "/tardigrade.v1.Agent/Replicated", &req.base,
+                     &tardigrade__v1__replicated_response__descriptor, &m, &o, &st) != TG_RPC_OK)
+      return tg_lib_fail(t, "replication status: %s", st.message);
+    Tardigrade__V1__ReplicatedResponse *r = (Tardigrade__V1__ReplicatedResponse *)m;
+    uint64_t gen = r->generation;
+    replicated = r->replicated_step;
+    protobuf_c_message_free_unpacked(m, NULL);
+    if (gen != t->world.generation) return TG_WORLD_CHANGED;
+  }
+  t->replication_stalled = 0;
+  return TG_OK;
+}
+
+void tg_lib_report(tg_trainer *t, int kind, const char *detail) {
+  fprintf(stderr, "tardigrade: rank %d: %s\n", t->world.rank, detail);
+  Tardigrade__V1__Fault f = TARDIGRADE__V1__FAULT__INIT;
+  f.kind = kind;
+  f.severity = TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING;
+  f.rank = t->world.rank;
+  f.detail = (char *)detail;
+  f.detected_unix_ms = tg_clock_unix_ms();
+  Tardigrade__V1__TrainerFaultRequest req = TARDIGRADE__V1__TRAINER_FAULT_REQUEST__INIT;
+  req.slot = t->slot;
+  req.generation = t->world.generation;
+  req.fault = &f;
+  ProtobufCMessage *m = NULL;
+  tg_rpc_status st = {0};
+  tg_rpc_call_opts o = {.deadline_ms = CALL_MS};
+  if (tg_rpc_unary(t->agent, "/tardigrade.v1.Agent/ReportFault", &req.base,
+                   &tardigrade__v1__trainer_fault_response__descriptor, &m, &o, &st) == TG_RPC_OK)
+    protobuf_c_message_free_unpacked(m, NULL);
 }

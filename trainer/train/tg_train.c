@@ -3,9 +3,13 @@
  * sharded across ranks (ZeRO stage 1), through libtardigrade: it joins the
  * world its agent gives it, snapshots its state into the node's memory
  * after every step, and when the world changes it re-joins and resumes
- * from the newest step every rank holds. Data order depends only on the
+ * from the newest step of which every shard survives. Data order depends only on the
  * global sample index and gradients are summed exactly, so a run with
  * failures ends with the same parameters, bit for bit, as one without.
+ * When the world re-forms at another size (a node lost with no spare, or
+ * one returning), each rank rebuilds its optimizer slice from the old
+ * world's shards; the global batch stays fixed, each rank taking a larger
+ * or smaller share of its chunks.
  *
  * One step, top to bottom:
  *   each rank computes the gradients of its chunks of the global batch and
@@ -66,6 +70,66 @@ static tg_result gather_params(tg_trainer *t, world_state *w, float *params, siz
     tg_shard_range(P, (uint32_t)w->world.world_size, (uint32_t)q, &b, &e);
     memcpy(params + b, w->gathered + (size_t)q * w->slice, (e - b) * sizeof(float));
   }
+  return r;
+}
+
+/* Restores the parameters, this rank's optimizer slice and the step from
+ * the resume point. In a world of the size that wrote it, this rank's own
+ * shard holds it all; otherwise the slice is assembled from the old
+ * shards that overlap it (every shard holds all parameters). */
+static tg_result load_state(tg_trainer *t, world_state *w, const tg_resume *res, tg_model *model,
+                            uint64_t *saved_step) {
+  uint32_t W = (uint32_t)w->world.world_size;
+  size_t P = tg_model_num_params(model);
+  if (res->world_size == (int)W) {
+    tg_result r = tg_restore(t, res);
+    if (r != TG_OK) return r;
+    const float **ms = calloc(W, sizeof *ms), **vs = calloc(W, sizeof *vs);
+    for (uint32_t q = 0; ms && vs && q < W; q++) {
+      ms[q] = w->m_stage;
+      vs[q] = w->v_stage;
+    }
+    tg_model_status ls = ms && vs ? tg_adamw_load_shards(w->opt, W, ms, vs, *saved_step) : TG_MODEL_ENOMEM;
+    free(ms);
+    free(vs);
+    return ls == TG_MODEL_OK ? TG_OK : TG_ERROR;
+  }
+  uint32_t old = (uint32_t)res->world_size;
+  tg_shard **shards = calloc(old, sizeof *shards);
+  const float **ms = calloc(old, sizeof *ms), **vs = calloc(old, sizeof *vs);
+  tg_result r = shards && ms && vs ? TG_OK : TG_ERROR;
+  int have_params = 0;
+  for (uint32_t q = 0; r == TG_OK && q < old; q++) {
+    size_t ob, oe;
+    tg_shard_range(P, old, q, &ob, &oe);
+    int overlaps = ob < w->end && w->begin < oe;
+    if (!overlaps && have_params) continue;
+    r = tg_shard_open(t, res, (int)q, &shards[q]);
+    if (r != TG_OK) break;
+    size_t pb, mb, vb, sb;
+    const void *pp = tg_shard_buffer(shards[q], 0, &pb), *mp = tg_shard_buffer(shards[q], 1, &mb),
+               *vp = tg_shard_buffer(shards[q], 2, &vb), *sp = tg_shard_buffer(shards[q], 3, &sb);
+    if (tg_shard_buffers(shards[q]) != 4 || pb != P * sizeof(float) || mb != (oe - ob) * sizeof(float) ||
+        vb != mb || sb != sizeof *saved_step) {
+      fprintf(stderr, "tg-train: shard %u of step %" PRIu64 " is not a tg-train snapshot of this model\n", q,
+              res->step);
+      r = TG_ERROR;
+      break;
+    }
+    if (!have_params) {
+      memcpy(tg_model_params(model), pp, pb);
+      memcpy(saved_step, sp, sizeof *saved_step);
+      have_params = 1;
+    }
+    ms[q] = mp;
+    vs[q] = vp;
+  }
+  if (r == TG_OK && tg_adamw_load_shards(w->opt, old, ms, vs, *saved_step) != TG_MODEL_OK) r = TG_ERROR;
+  for (uint32_t q = 0; shards && q < old; q++)
+    if (shards[q]) tg_shard_close(shards[q]);
+  free(shards);
+  free(ms);
+  free(vs);
   return r;
 }
 
@@ -138,24 +202,17 @@ int main(int argc, char **argv) {
     tg_register(t, "adamw.m", w.m_stage, own * sizeof(float));
     tg_register(t, "adamw.v", w.v_stage, own * sizeof(float));
     tg_register(t, "step", &saved_step, sizeof saved_step);
-    uint64_t resume = 0;
-    if (tg_resume_step(t, &resume) != TG_OK) continue;
+    tg_resume res;
+    if (tg_resume_step(t, &res) != TG_OK) {
+      fprintf(stderr, "tg-train: %s; joining again\n", tg_last_error(t));
+      continue;
+    }
+    uint64_t resume = res.step;
     if (resume > 0) {
-      if (tg_restore(t, resume) != TG_OK) {
-        fprintf(stderr, "tg-train: %s\n", tg_last_error(t));
-        break;
-      }
-      /* This rank's slice is old rank R's slice (same world size). */
-      const float **ms = calloc(W, sizeof *ms), **vs = calloc(W, sizeof *vs);
-      for (uint32_t q = 0; ms && vs && q < W; q++) {
-        ms[q] = w.m_stage;
-        vs[q] = w.v_stage;
-      }
-      tg_model_status ls = ms && vs ? tg_adamw_load_shards(w.opt, W, ms, vs, saved_step) : TG_MODEL_ENOMEM;
-      free(ms);
-      free(vs);
-      if (ls != TG_MODEL_OK) {
-        fprintf(stderr, "tg-train: cannot restore the optimizer state\n");
+      tg_result lr = load_state(t, &w, &res, model, &saved_step);
+      if (lr == TG_WORLD_CHANGED) continue;
+      if (lr != TG_OK) {
+        fprintf(stderr, "tg-train: cannot restore step %" PRIu64 ": %s\n", resume, tg_last_error(t));
         break;
       }
     } else {
@@ -163,8 +220,10 @@ int main(int argc, char **argv) {
       saved_step = 0;
     }
     w.step = resume;
-    printf("rank %u of %u (generation %" PRIu64 "): %s at step %" PRIu64 "\n", R, W, w.world.generation,
-           resume ? "resuming" : "starting", resume);
+    printf("rank %u of %u (generation %" PRIu64 "): %s at step %" PRIu64 "%s%s\n", R, W, w.world.generation,
+           resume ? "resuming" : "starting", resume,
+           !resume || res.world_size == (int)W ? "" : " (optimizer state resharded from a world of another size)",
+           resume && res.from_disk ? " (from the persisted checkpoint)" : "");
 
     tg_result r = TG_OK;
     while (r == TG_OK && w.step < (uint64_t)o.steps) {

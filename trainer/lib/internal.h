@@ -1,0 +1,69 @@
+/* Shared by the files of libtardigrade (tardigrade.c: joining, collectives,
+ * snapshots and progress; restore.c: finding the resume point and reading
+ * shards back from wherever a copy survives). Not a public header. */
+#ifndef TG_TRAINER_LIB_INTERNAL_H
+#define TG_TRAINER_LIB_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agent/ckpt/store.h"
+#include "agent/progress/counters.h"
+#include "common/rpc/rpc.h"
+#include "trainer/comm/comm.h"
+#include "trainer/include/tardigrade.h"
+
+#define TG_LIB_MAX_BUFFERS 32
+
+typedef struct {
+  char name[64];
+  void *data;
+  size_t bytes;
+} tg_lib_buffer;
+
+/* A shard read whole (from any copy) and kept until the next snapshot. */
+typedef struct tg_lib_cached {
+  tg_ckpt_key key;
+  void *bytes;
+  size_t len;
+  struct tg_lib_cached *next;
+} tg_lib_cached;
+
+typedef struct tg_lib_plan tg_lib_plan; /* restore.c: who holds which shard */
+
+struct tg_trainer {
+  char job[64];
+  uint32_t slot;
+  tg_rpc_channel *agent;
+  tg_ckpt_store *store;
+  tg_comm *comm;
+  tg_world world;
+  uint64_t known_generation;
+  char node_id[128];          /* this node, and where other nodes reach its agent */
+  char agent_address[256];
+  char ckpt_dir[512];         /* persisted checkpoints, "" when none */
+  tg_lib_buffer buffers[TG_LIB_MAX_BUFFERS];
+  size_t n_buffers;
+  uint64_t collective_seq;    /* collectives entered in this generation */
+  tg_counters *counters;      /* where the agent reads it ($TG_PROGRESS_SHM; NULL: not told) */
+  pthread_t alive_thread;     /* says this process is not stopped (see counters.h) */
+  int alive_started;
+  atomic_int alive_stop;
+  int replication_stalled;    /* said once until replication catches up */
+  tg_lib_plan *plan;          /* of the last tg_resume_step in this world */
+  tg_lib_cached *cache;
+  char error[512];
+};
+
+/* Sets t->error; returns TG_ERROR. */
+tg_result tg_lib_fail(tg_trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Forgets the resume plan and the cached shards (restore.c). */
+void tg_lib_forget_restore(tg_trainer *t);
+
+/* Reports a fault about this rank to the agent (warning level; logged). */
+void tg_lib_report(tg_trainer *t, int kind, const char *detail);
+
+#endif
