@@ -407,8 +407,12 @@ static void test_all_memory_copies_lost(void **state) {
   char params[700];
   cluster *c = new_cluster("disk", 4, 2, 4, 1, params, sizeof params);
   wait_logs(c, "step 70 loss", 1);
-  tg_proc_signal(c->agents[1], SIGKILL);
-  tg_proc_signal(c->agents[2], SIGKILL);
+  /* Positions follow registration order: the nodes at positions 1 and 2,
+   * the second holding the first's copies. */
+  int at[4] = {-1, -1, -1, -1};
+  for (int node = 0; node < 4; node++) at[first_rank(c, node, 0) / 2] = node;
+  tg_proc_signal(c->agents[at[1]], SIGKILL);
+  tg_proc_signal(c->agents[at[2]], SIGKILL);
   wait_logs(c, "from the persisted checkpoint", 4);
   wait_logs(c, "committed steps lost", 1);
   finish(c, params);
