@@ -88,6 +88,27 @@ static int key_order(const void *pa, const void *pb) {
   return 0;
 }
 
+/* The keys of one (step, world size) in a key_order-sorted array, from
+ * index i: returns where that group ends, with the number of distinct
+ * shards 0 .. world_size - 1 among them in *shards and, in *disk, whether
+ * one of them marks the whole step as complete on disk. */
+static size_t scan_group(const wire_key *k, size_t n, size_t i, uint32_t *shards, int *disk) {
+  size_t j = i;
+  int32_t last = -1;
+  *shards = 0;
+  *disk = 0;
+  for (; j < n && k[j].step == k[i].step && k[j].world_size == k[i].world_size; j++) {
+    if (k[j].on_disk) {
+      *disk = 1;
+      continue;
+    }
+    if (k[j].shard < 0 || k[j].shard >= (int32_t)k[j].world_size || k[j].shard == last) continue;
+    last = k[j].shard; /* sorted by shard within the group: repeats are adjacent */
+    (*shards)++;
+  }
+  return j;
+}
+
 /* This rank's record: its node's memory keys (newest steps first when
  * there are more than fit), and for rank 0 the steps complete on disk. */
 static void make_record(tg_trainer *t, wire_record *rec) {
@@ -117,16 +138,14 @@ static void make_record(tg_trainer *t, wire_record *rec) {
   for (size_t i = 0; i < n; i++)
     wk[i] = (wire_key){.step = keys[i].step, .shard = keys[i].shard, .world_size = keys[i].world_size};
   qsort(wk, n, sizeof *wk, key_order);
-  for (size_t i = 0; i < n && disk_room > 0;) {
-    size_t j = i, distinct = 0;
-    for (; j < n && wk[j].step == wk[i].step && wk[j].world_size == wk[i].world_size; j++)
-      if (j == i || wk[j].shard != wk[j - 1].shard) distinct++;
-    if (distinct == wk[i].world_size && wk[i].shard == 0 && wk[j - 1].shard == (int32_t)wk[i].world_size - 1) {
-      rec->keys[rec->n_keys++] =
-          (wire_key){.step = wk[i].step, .shard = -1, .world_size = wk[i].world_size, .on_disk = 1};
-      disk_room--;
-    }
-    i = j;
+  for (size_t i = 0, j; i < n && disk_room > 0; i = j) {
+    uint32_t shards;
+    int marker;
+    j = scan_group(wk, n, i, &shards, &marker);
+    if (shards != wk[i].world_size) continue;
+    rec->keys[rec->n_keys++] =
+        (wire_key){.step = wk[i].step, .shard = -1, .world_size = wk[i].world_size, .on_disk = 1};
+    disk_room--;
   }
   free(keys);
   free(wk);
@@ -143,21 +162,13 @@ static size_t find_candidates(const tg_trainer *t, const tg_lib_plan *p, candida
   for (int r = 0; r < p->n_records; r++)
     for (uint32_t i = 0; i < p->records[r].n_keys && i < MAX_KEYS; i++) all[n++] = p->records[r].keys[i];
   qsort(all, n, sizeof *all, key_order);
-  for (size_t i = 0; i < n;) {
-    size_t j = i, distinct = 0;
-    int disk = 0;
-    for (; j < n && all[j].step == all[i].step && all[j].world_size == all[i].world_size; j++) {
-      if (all[j].on_disk) {
-        disk = 1;
-        continue;
-      }
-      if (all[j].shard < 0 || all[j].shard >= (int32_t)all[j].world_size) continue;
-      if (distinct == 0 || all[j].shard != all[j - 1].shard || all[j - 1].on_disk) distinct++;
-    }
-    if (all[i].world_size > 0 && all[i].step > 0 && found < cap && (distinct == all[i].world_size || disk))
+  for (size_t i = 0, j; i < n; i = j) {
+    uint32_t shards;
+    int disk;
+    j = scan_group(all, n, i, &shards, &disk);
+    if (all[i].world_size > 0 && all[i].step > 0 && found < cap && (shards == all[i].world_size || disk))
       out[found++] = (candidate){.step = all[i].step, .world_size = all[i].world_size,
-                                 .disk = distinct != all[i].world_size};
-    i = j;
+                                 .disk = shards != all[i].world_size};
   }
   free(all);
   /* Among candidates of one step, memory first, then this world's size. */
