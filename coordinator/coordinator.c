@@ -258,16 +258,14 @@ static Tardigrade__V1__World *make_world(tg_coord *c, tg_node **members, size_t 
   size_t n_src = 0;
   Tardigrade__V1__ShardSource *src = calloc(old_n * old_slots + 1, sizeof *src);
   Tardigrade__V1__ShardSource **srcp = calloc(old_n * old_slots + 1, sizeof *srcp);
-  if (!wn || !wnp || !src || !srcp) goto out;
+  char *member = calloc(c->n_nodes + 1, 1); /* by node slot: in the new world */
+  if (!wn || !wnp || !src || !srcp || !member) goto out;
+  for (size_t i = 0; i < n; i++) member[members[i]->slot] = 1;
   for (size_t p = 0; p < old_n && old_n > 1; p++) {
-    const char *id = c->world->nodes[p]->node_id;
     const Tardigrade__V1__WorldNode *next = c->world->nodes[(p + 1) % old_n];
-    int stays = 0, next_stays = 0;
-    for (size_t i = 0; i < n; i++) {
-      stays |= strcmp(members[i]->id, id) == 0;
-      next_stays |= strcmp(members[i]->id, next->node_id) == 0;
-    }
-    if (stays || !next_stays) continue;
+    tg_node *gone = tg_coord_find_node(c, c->world->nodes[p]->node_id);
+    tg_node *holder = tg_coord_find_node(c, next->node_id);
+    if ((gone && member[gone->slot]) || !holder || !member[holder->slot]) continue;
     for (size_t s = 0; s < old_slots; s++) {
       tardigrade__v1__shard_source__init(&src[n_src]);
       src[n_src].shard = (int32_t)(p * old_slots + s);
@@ -314,6 +312,7 @@ out:
   free(wnp);
   free(src);
   free(srcp);
+  free(member);
   return out;
 }
 
