@@ -94,10 +94,25 @@ float tg_adamw_lr(const tg_adamw_config *cfg, uint64_t step) {
   return (float)(cfg->lr_min + (cfg->lr - cfg->lr_min) * cosine);
 }
 
+tg_model_status tg_adamw_scalars_at(const tg_adamw_config *cfg, uint64_t step, double grad_norm,
+                                    tg_adamw_scalars *out) {
+  if (!config_valid(cfg) || !out || !(grad_norm >= 0.0)) return TG_MODEL_EINVAL;
+  if (!isfinite(grad_norm)) return TG_MODEL_ENONFINITE;
+  uint64_t t = step + 1;
+  out->lr = tg_adamw_lr(cfg, step);
+  out->bias1 = (float)(1.0 - pow(cfg->beta1, (double)t));
+  out->bias2 = (float)(1.0 - pow(cfg->beta2, (double)t));
+  out->clip_scale = 1.0f;
+  if (cfg->grad_clip > 0.0f && grad_norm > cfg->grad_clip)
+    out->clip_scale = (float)(cfg->grad_clip / grad_norm);
+  return TG_MODEL_OK;
+}
+
 /* params[lo, hi) <- AdamW with decay factor wd (0 or the configured one). */
 static void update_range(tg_adamw *opt, float *params, const float *grads, size_t lo, size_t hi,
-                         float lr, float wd, float clip_scale, float bias1, float bias2) {
+                         const tg_adamw_scalars *s, float wd) {
   const float b1 = opt->cfg.beta1, b2 = opt->cfg.beta2, eps = opt->cfg.eps;
+  const float lr = s->lr, clip_scale = s->clip_scale, bias1 = s->bias1, bias2 = s->bias2;
   for (size_t i = lo; i < hi; i++) {
     size_t k = i - opt->begin;
     float g = grads[i] * clip_scale;
@@ -112,26 +127,19 @@ static void update_range(tg_adamw *opt, float *params, const float *grads, size_
 
 tg_model_status tg_adamw_update(tg_adamw *opt, float *params, const float *grads,
                                 double grad_norm) {
-  if (!opt || !params || !grads || !(grad_norm >= 0.0)) return TG_MODEL_EINVAL;
-  if (!isfinite(grad_norm)) return TG_MODEL_ENONFINITE;
-  float lr = tg_adamw_lr(&opt->cfg, opt->step);
-  uint64_t t = opt->step + 1;
-  float bias1 = (float)(1.0 - pow(opt->cfg.beta1, (double)t));
-  float bias2 = (float)(1.0 - pow(opt->cfg.beta2, (double)t));
-  float clip_scale = 1.0f;
-  if (opt->cfg.grad_clip > 0.0f && grad_norm > opt->cfg.grad_clip)
-    clip_scale = (float)(opt->cfg.grad_clip / grad_norm);
+  if (!opt || !params || !grads) return TG_MODEL_EINVAL;
+  tg_adamw_scalars s;
+  tg_model_status st = tg_adamw_scalars_at(&opt->cfg, opt->step, grad_norm, &s);
+  if (st != TG_MODEL_OK) return st;
   /* Walk the slice as alternating runs without and with decay. */
   size_t at = opt->begin;
   for (size_t k = 0; k <= opt->decay_count; k++) {
     size_t run_end = k < opt->decay_count ? opt->decay[k].begin : opt->end;
-    if (run_end > at) update_range(opt, params, grads, at, run_end, lr, 0.0f, clip_scale, bias1,
-                                   bias2);
+    if (run_end > at) update_range(opt, params, grads, at, run_end, &s, 0.0f);
     if (k == opt->decay_count) break;
     size_t lo = opt->decay[k].begin > at ? opt->decay[k].begin : at;
     if (opt->decay[k].end > lo)
-      update_range(opt, params, grads, lo, opt->decay[k].end, lr, opt->cfg.weight_decay,
-                   clip_scale, bias1, bias2);
+      update_range(opt, params, grads, lo, opt->decay[k].end, &s, opt->cfg.weight_decay);
     if (opt->decay[k].end > at) at = opt->decay[k].end;
   }
   opt->step++;

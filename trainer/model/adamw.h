@@ -60,6 +60,22 @@ void tg_adamw_free(tg_adamw *opt);
 /* The learning rate at step (0-based): warmup then cosine. */
 float tg_adamw_lr(const tg_adamw_config *cfg, uint64_t step);
 
+/* The scalars every element's update of one step shares. An update
+ * implemented elsewhere (the GPU one, trainer/model/cuda) takes them from
+ * here so that its elements see the same bits as tg_adamw_update's. */
+typedef struct {
+  float lr;          /* tg_adamw_lr at the step */
+  float bias1;       /* 1 - beta1^(step + 1) */
+  float bias2;       /* 1 - beta2^(step + 1) */
+  float clip_scale;  /* min(1, grad_clip / grad_norm); 1 without clipping */
+} tg_adamw_scalars;
+
+/* The scalars of the update that takes the counter from step to step + 1.
+ * EINVAL for an invalid config or a negative or NaN grad_norm, ENONFINITE
+ * for an infinite one. */
+tg_model_status tg_adamw_scalars_at(const tg_adamw_config *cfg, uint64_t step, double grad_norm,
+                                    tg_adamw_scalars *out);
+
 /* One step on the owned slice: params[i] for begin <= i < end, from
  * grads[i] (both arrays indexed like the flat layout, full length P),
  * scaled by min(1, grad_clip / grad_norm). Increments the step counter.

@@ -1,7 +1,7 @@
 /* Tests for ZeRO-1 AdamW: the learning-rate schedule, clipping by a global
  * norm passed in, W shards giving bitwise the parameters of one unsharded
- * optimizer, and optimizer state carried through 8 -> 6 -> 8 resharding
- * with every bit preserved. */
+ * optimizer, optimizer state carried through 8 -> 6 -> 8 resharding
+ * with every bit preserved, and the per-step scalars it shares. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -191,6 +191,24 @@ static void test_clip_and_decay(void **state) {
   tg_adamw_free(d);
 }
 
+/* The shared scalars: what an update elsewhere (the GPU) takes from here. */
+static void test_scalars(void **state) {
+  (void)state;
+  tg_adamw_scalars s;
+  assert_int_equal(tg_adamw_scalars_at(&cfg, 0, 4.0, &s), TG_MODEL_OK);
+  assert_true(s.lr == tg_adamw_lr(&cfg, 0));
+  assert_true(s.bias1 == (float)(1.0 - pow(cfg.beta1, 1.0)));
+  assert_true(s.bias2 == (float)(1.0 - pow(cfg.beta2, 1.0)));
+  assert_true(s.clip_scale == 0.25f);
+  assert_int_equal(tg_adamw_scalars_at(&cfg, 5, 0.5, &s), TG_MODEL_OK);
+  assert_true(s.clip_scale == 1.0f && s.lr == tg_adamw_lr(&cfg, 5));
+  assert_int_equal(tg_adamw_scalars_at(&cfg, 0, NAN, &s), TG_MODEL_EINVAL);
+  assert_int_equal(tg_adamw_scalars_at(&cfg, 0, INFINITY, &s), TG_MODEL_ENONFINITE);
+  tg_adamw_config bad = cfg;
+  bad.eps = 0.0f;
+  assert_int_equal(tg_adamw_scalars_at(&bad, 0, 0.0, &s), TG_MODEL_EINVAL);
+}
+
 static void test_bad_config(void **state) {
   (void)state;
   char err[128] = "";
@@ -220,7 +238,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_lr_schedule),   cmocka_unit_test(test_sharded_equals_unsharded),
       cmocka_unit_test(test_reshard_8_6_8), cmocka_unit_test(test_clip_and_decay),
-      cmocka_unit_test(test_bad_config),
+      cmocka_unit_test(test_bad_config),    cmocka_unit_test(test_scalars),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

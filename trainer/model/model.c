@@ -129,39 +129,40 @@ static edge_view edges_at(const tg_model *m, float *base) {
   return v;
 }
 
-/* The tensor table (names, offsets, decay), built once from the views. */
+/* The tensor table (names, offsets, decay), built once. The tensors tile
+ * [0, P) in layout order, so each starts where the previous one ended;
+ * block_at and edges_at agree with it (the model test checks both). */
 static int build_tensors(tg_model *m) {
   size_t n = 2 + (m->cfg.use_position ? 1 : 0) + 4 + (size_t)TENSORS_PER_BLOCK * m->cfg.depth;
   m->tensors = calloc(n, sizeof *m->tensors);
   m->tensor_names = calloc(n, TENSOR_NAME_MAX);
   if (!m->tensors || !m->tensor_names) return 0;
   size_t D = m->cfg.width, H = m->cfg.hidden, T = m->cfg.context;
-  edge_view e = edges_at(m, m->params);
-  size_t k = 0;
-#define ADD(ptr, cnt, dec, ...)                                                        \
-  do {                                                                                 \
-    char *nm = m->tensor_names + k * TENSOR_NAME_MAX;                                  \
-    snprintf(nm, TENSOR_NAME_MAX, __VA_ARGS__);                                        \
-    m->tensors[k++] = (tg_model_tensor){nm, (size_t)((ptr) - m->params), (cnt), (dec)}; \
+  size_t k = 0, at = 0;
+#define ADD(cnt, dec, ...)                                               \
+  do {                                                                   \
+    char *nm = m->tensor_names + k * TENSOR_NAME_MAX;                    \
+    snprintf(nm, TENSOR_NAME_MAX, __VA_ARGS__);                          \
+    m->tensors[k++] = (tg_model_tensor){nm, at, (cnt), (dec)};           \
+    at += (cnt);                                                         \
   } while (0)
-  ADD(e.wte, V * D, 1, "wte");
-  if (e.wpe) ADD(e.wpe, T * D, 1, "wpe");
+  ADD(V * D, 1, "wte");
+  if (m->cfg.use_position) ADD(T * D, 1, "wpe");
   for (uint32_t l = 0; l < m->cfg.depth; l++) {
-    block_view b = block_at(m, m->params, l);
-    ADD(b.ln_w, D, 0, "blocks.%u.ln_w", l);
-    ADD(b.ln_b, D, 0, "blocks.%u.ln_b", l);
-    ADD(b.w1, H * D, 1, "blocks.%u.w1", l);
-    ADD(b.b1, H, 0, "blocks.%u.b1", l);
-    ADD(b.w2, D * H, 1, "blocks.%u.w2", l);
-    ADD(b.b2, D, 0, "blocks.%u.b2", l);
+    ADD(D, 0, "blocks.%u.ln_w", l);
+    ADD(D, 0, "blocks.%u.ln_b", l);
+    ADD(H * D, 1, "blocks.%u.w1", l);
+    ADD(H, 0, "blocks.%u.b1", l);
+    ADD(D * H, 1, "blocks.%u.w2", l);
+    ADD(D, 0, "blocks.%u.b2", l);
   }
-  ADD(e.lnf_w, D, 0, "lnf_w");
-  ADD(e.lnf_b, D, 0, "lnf_b");
-  ADD(e.wout, V * D, 1, "wout");
-  ADD(e.bout, (size_t)V, 0, "bout");
+  ADD(D, 0, "lnf_w");
+  ADD(D, 0, "lnf_b");
+  ADD(V * D, 1, "wout");
+  ADD((size_t)V, 0, "bout");
 #undef ADD
   m->tensor_count = k;
-  return 1;
+  return at == m->num_params;
 }
 
 /* Carves the activation arena; returns 0 if its size overflows or it
@@ -198,33 +199,51 @@ static int alloc_activations(tg_model *m) {
   return 1;
 }
 
-tg_model *tg_model_new(const tg_model_config *cfg, uint32_t max_batch, char *err, size_t errlen) {
+/* The config, the layout and the tensor table: what every model has,
+ * whether or not its arrays live in host memory. */
+static tg_model *layout_new(const tg_model_config *cfg, char *err, size_t errlen) {
   size_t blocks_offset, block_size, tail_offset, total;
   if (!layout(cfg, &blocks_offset, &block_size, &tail_offset, &total)) {
     set_err(err, errlen, "invalid model config (context, width, hidden or depth out of range)");
-    return NULL;
-  }
-  if (max_batch == 0) {
-    set_err(err, errlen, "max_batch must be at least 1");
     return NULL;
   }
   tg_model *m = calloc(1, sizeof *m);
   if (!m) goto nomem;
   m->cfg = *cfg;
   m->cfg.hidden = hidden_of(cfg);
-  m->max_batch = max_batch;
   m->num_params = total;
   m->blocks_offset = blocks_offset;
   m->block_size = block_size;
   m->tail_offset = tail_offset;
-  m->params = calloc(total, sizeof(float));
-  m->grads = calloc(total, sizeof(float));
-  if (!m->params || !m->grads || !build_tensors(m) || !alloc_activations(m)) goto nomem;
+  if (!build_tensors(m)) goto nomem;
   return m;
 nomem:
-  set_err(err, errlen, "out of memory for the model's parameters, gradients or activations");
+  set_err(err, errlen, "out of memory for the model's tensor table");
   tg_model_free(m);
   return NULL;
+}
+
+tg_model *tg_model_layout_new(const tg_model_config *cfg, char *err, size_t errlen) {
+  return layout_new(cfg, err, errlen);
+}
+
+tg_model *tg_model_new(const tg_model_config *cfg, uint32_t max_batch, char *err, size_t errlen) {
+  tg_model *m = layout_new(cfg, err, errlen);
+  if (!m) return NULL;
+  if (max_batch == 0) {
+    set_err(err, errlen, "max_batch must be at least 1");
+    tg_model_free(m);
+    return NULL;
+  }
+  m->max_batch = max_batch;
+  m->params = calloc(m->num_params, sizeof(float));
+  m->grads = calloc(m->num_params, sizeof(float));
+  if (!m->params || !m->grads || !alloc_activations(m)) {
+    set_err(err, errlen, "out of memory for the model's parameters, gradients or activations");
+    tg_model_free(m);
+    return NULL;
+  }
+  return m;
 }
 
 void tg_model_free(tg_model *m) {
@@ -270,14 +289,14 @@ static void fill_uniform(float *p, size_t n, float std, uint64_t *state) {
   }
 }
 
-void tg_model_init_params(tg_model *m, uint64_t seed) {
-  if (!m) return;
+void tg_model_init_params_at(const tg_model *m, float *params, uint64_t seed) {
+  if (!m || !params) return;
   uint64_t state = seed;
   float residual_std = INIT_STD / sqrtf(2.0f * (float)(m->cfg.depth ? m->cfg.depth : 1));
-  memset(m->params, 0, m->num_params * sizeof(float));
+  memset(params, 0, m->num_params * sizeof(float));
   for (size_t k = 0; k < m->tensor_count; k++) {
     const tg_model_tensor *t = &m->tensors[k];
-    float *p = m->params + t->offset;
+    float *p = params + t->offset;
     const char *leaf = strrchr(t->name, '.');
     leaf = leaf ? leaf + 1 : t->name;
     if (t->decay)
@@ -285,6 +304,10 @@ void tg_model_init_params(tg_model *m, uint64_t seed) {
     else if (strcmp(leaf, "ln_w") == 0 || strcmp(leaf, "lnf_w") == 0)
       for (size_t i = 0; i < t->count; i++) p[i] = 1.0f;
   }
+}
+
+void tg_model_init_params(tg_model *m, uint64_t seed) {
+  if (m) tg_model_init_params_at(m, m->params, seed);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -447,7 +470,7 @@ static void softmax_xent_backward(float *probs, const uint8_t *targets, size_t r
 
 tg_model_status tg_model_forward(tg_model *m, const uint8_t *tokens, const uint8_t *targets,
                                  uint32_t batch, float *loss) {
-  if (!m || !tokens || !targets || !loss || batch == 0 || batch > m->max_batch)
+  if (!m || !m->params || !tokens || !targets || !loss || batch == 0 || batch > m->max_batch)
     return TG_MODEL_EINVAL;
   size_t T = m->cfg.context, D = m->cfg.width, H = m->cfg.hidden, N = m->cfg.depth;
   size_t rows = (size_t)batch * T;

@@ -73,6 +73,13 @@ size_t tg_model_param_count(const tg_model_config *cfg);
 tg_model *tg_model_new(const tg_model_config *cfg, uint32_t max_batch, char *err, size_t errlen);
 void tg_model_free(tg_model *m);
 
+/* The layout alone: config, parameter count and tensor table, with no
+ * parameters, gradients or activations (tg_model_params and
+ * tg_model_grads return NULL; forward and backward refuse with EINVAL).
+ * For implementations that keep the arrays elsewhere, in the same layout:
+ * the GPU model (trainer/model/cuda). */
+tg_model *tg_model_layout_new(const tg_model_config *cfg, char *err, size_t errlen);
+
 const tg_model_config *tg_model_config_of(const tg_model *m);
 size_t tg_model_num_params(const tg_model *m);
 float *tg_model_params(tg_model *m); /* P floats, the layout above */
@@ -86,6 +93,10 @@ tg_model_status tg_model_tensor_at(const tg_model *m, size_t i, tg_model_tensor 
  * uniform with std 0.02 (W2 scaled by 1/sqrt(2N) as in GPT-2), layernorm
  * gains 1, biases 0. */
 void tg_model_init_params(tg_model *m, uint64_t seed);
+
+/* The same initialisation written into params (P floats in m's layout):
+ * for a layout-only model whose parameters live elsewhere. */
+void tg_model_init_params_at(const tg_model *m, float *params, uint64_t seed);
 
 /* Forward pass over `batch` samples: tokens and targets are batch*T bytes,
  * sample-major. Writes the mean cross-entropy loss (nats) to *loss and

@@ -77,6 +77,45 @@ static void test_layout(void **state) {
   tg_model_free(m);
 }
 
+/* A layout-only model has the same table and initialisation as a full one,
+ * and no arrays to compute with. */
+static void test_layout_only(void **state) {
+  (void)state;
+  tg_model *full = make(&tiny, 2);
+  char err[128] = "";
+  tg_model *lay = tg_model_layout_new(&tiny, err, sizeof err);
+  assert_non_null(lay);
+  assert_int_equal(tg_model_num_params(lay), tg_model_num_params(full));
+  assert_int_equal(tg_model_tensor_count(lay), tg_model_tensor_count(full));
+  for (size_t i = 0; i < tg_model_tensor_count(lay); i++) {
+    tg_model_tensor a, b;
+    assert_int_equal(tg_model_tensor_at(lay, i, &a), TG_MODEL_OK);
+    assert_int_equal(tg_model_tensor_at(full, i, &b), TG_MODEL_OK);
+    assert_string_equal(a.name, b.name);
+    assert_int_equal(a.offset, b.offset);
+    assert_int_equal(a.count, b.count);
+    assert_int_equal(a.decay, b.decay);
+  }
+  assert_null(tg_model_params(lay));
+  assert_null(tg_model_grads(lay));
+  size_t P = tg_model_num_params(lay);
+  float *p = malloc(P * sizeof(float));
+  assert_non_null(p);
+  tg_model_init_params(full, 7);
+  tg_model_init_params_at(lay, p, 7);
+  assert_memory_equal(p, tg_model_params(full), P * sizeof(float));
+  uint8_t tok[16] = {0};
+  float loss;
+  assert_int_equal(tg_model_forward(lay, tok, tok, 1, &loss), TG_MODEL_EINVAL);
+  assert_int_equal(tg_model_backward(lay), TG_MODEL_EINVAL);
+  tg_model_config bad = tiny;
+  bad.width = 0;
+  assert_null(tg_model_layout_new(&bad, err, sizeof err));
+  free(p);
+  tg_model_free(lay);
+  tg_model_free(full);
+}
+
 static void random_bytes(uint8_t *p, size_t n, uint32_t seed) {
   for (size_t i = 0; i < n; i++) {
     seed = seed * 1664525u + 1013904223u;
@@ -245,6 +284,7 @@ int main(void) {
       cmocka_unit_test(test_param_count),     cmocka_unit_test(test_layout),
       cmocka_unit_test(test_gradcheck_micro), cmocka_unit_test(test_gradcheck_tiny),
       cmocka_unit_test(test_bad_input),       cmocka_unit_test(test_loss_goes_down),
+      cmocka_unit_test(test_layout_only),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@ const char *tg_model_status_text(tg_model_status status) {
   case TG_MODEL_ERANGE: return "value out of fixed-point range";
   case TG_MODEL_EOVERFLOW: return "fixed-point sum overflow";
   case TG_MODEL_EIO: return "i/o error";
+  case TG_MODEL_EDEVICE: return "GPU error";
   }
   return "unknown status";
 }

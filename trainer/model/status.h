@@ -16,6 +16,7 @@ typedef enum {
   TG_MODEL_ERANGE = -4,    /* a value is too large for the fixed-point format */
   TG_MODEL_EOVERFLOW = -5, /* an int64 sum would overflow: too many terms added */
   TG_MODEL_EIO = -6,       /* a file could not be read */
+  TG_MODEL_EDEVICE = -7,   /* a CUDA or cuBLAS call failed (trainer/model/cuda says which) */
 } tg_model_status;
 
 /* A short constant description ("invalid argument"), never NULL. */
