@@ -90,8 +90,10 @@ static tg_comm_code check_config(const tg_comm_config *cfg, tg_comm_status *st) 
       (!cfg->store_address || !*cfg->store_address || !cfg->store_prefix || !*cfg->store_prefix))
     return tg_comm_status_set(st, TG_COMM_ERROR,
                               "comm create: gloo needs store_address and store_prefix");
-  if (cfg->backend == TG_COMM_NCCL && !cfg->nccl_id)
-    return tg_comm_status_set(st, TG_COMM_ERROR, "comm create: NCCL needs nccl_id");
+  if (cfg->backend == TG_COMM_NCCL && !cfg->nccl_id &&
+      (!cfg->store_address || !*cfg->store_address || !cfg->store_prefix || !*cfg->store_prefix))
+    return tg_comm_status_set(st, TG_COMM_ERROR,
+                              "comm create: NCCL needs nccl_id, or store_address and store_prefix to share one");
   if (!backend_ops(cfg->backend))
     return tg_comm_status_set(st, TG_COMM_ERROR,
                               "comm create: backend %d is not built in (NCCL needs CUDA at build time)",
@@ -174,17 +176,30 @@ static tg_comm_code check_dtype(tg_comm_dtype dtype, const char *op, tg_comm_sta
   return TG_COMM_OK;
 }
 
-tg_comm_code tg_comm_all_reduce(tg_comm *c, void *buf, size_t count, tg_comm_dtype dtype,
-                                int64_t timeout_ms, tg_comm_status *st) {
-  const char *op = "all_reduce";
+static tg_comm_code all_reduce(tg_comm *c, void *buf, size_t count, tg_comm_dtype dtype, int host,
+                               int64_t timeout_ms, tg_comm_status *st) {
+  const char *op = host ? "all_reduce (host)" : "all_reduce";
   tg_comm_code code = collective_begin(c, op, timeout_ms, st);
   if (code == TG_COMM_OK) code = check_dtype(dtype, op, st);
   if (code != TG_COMM_OK) return code;
   if (count == 0) return tg_comm_status_set(st, TG_COMM_OK, "OK");
   if (!buf) return tg_comm_status_set(st, TG_COMM_ERROR, "%s: NULL buffer", op);
   tg_comm_status bst = {0};
-  code = c->ops->all_reduce(c->impl, buf, count, dtype, timeout_ms, &bst);
+  if (host && c->ops->all_reduce_host)
+    code = c->ops->all_reduce_host(c->impl, buf, count, dtype, timeout_ms, &bst);
+  else
+    code = c->ops->all_reduce(c->impl, buf, count, dtype, timeout_ms, &bst);
   return collective_end(c, op, code, &bst, st);
+}
+
+tg_comm_code tg_comm_all_reduce(tg_comm *c, void *buf, size_t count, tg_comm_dtype dtype,
+                                int64_t timeout_ms, tg_comm_status *st) {
+  return all_reduce(c, buf, count, dtype, 0, timeout_ms, st);
+}
+
+tg_comm_code tg_comm_all_reduce_host(tg_comm *c, void *buf, size_t count, tg_comm_dtype dtype,
+                                     int64_t timeout_ms, tg_comm_status *st) {
+  return all_reduce(c, buf, count, dtype, 1, timeout_ms, st);
 }
 
 tg_comm_code tg_comm_reduce_scatter(tg_comm *c, const void *send, void *recv, size_t recv_count,
@@ -203,9 +218,9 @@ tg_comm_code tg_comm_reduce_scatter(tg_comm *c, const void *send, void *recv, si
   return collective_end(c, op, code, &bst, st);
 }
 
-tg_comm_code tg_comm_all_gather(tg_comm *c, const void *send, void *recv, size_t bytes_per_rank,
-                                int64_t timeout_ms, tg_comm_status *st) {
-  const char *op = "all_gather";
+static tg_comm_code all_gather(tg_comm *c, const void *send, void *recv, size_t bytes_per_rank, int host,
+                               int64_t timeout_ms, tg_comm_status *st) {
+  const char *op = host ? "all_gather (host)" : "all_gather";
   tg_comm_code code = collective_begin(c, op, timeout_ms, st);
   if (code != TG_COMM_OK) return code;
   if (bytes_per_rank == 0) return tg_comm_status_set(st, TG_COMM_OK, "OK");
@@ -214,8 +229,21 @@ tg_comm_code tg_comm_all_gather(tg_comm *c, const void *send, void *recv, size_t
     return tg_comm_status_set(st, TG_COMM_ERROR, "%s: %zu bytes per rank is too many", op,
                               bytes_per_rank);
   tg_comm_status bst = {0};
-  code = c->ops->all_gather(c->impl, send, recv, bytes_per_rank, timeout_ms, &bst);
+  if (host && c->ops->all_gather_host)
+    code = c->ops->all_gather_host(c->impl, send, recv, bytes_per_rank, timeout_ms, &bst);
+  else
+    code = c->ops->all_gather(c->impl, send, recv, bytes_per_rank, timeout_ms, &bst);
   return collective_end(c, op, code, &bst, st);
+}
+
+tg_comm_code tg_comm_all_gather(tg_comm *c, const void *send, void *recv, size_t bytes_per_rank,
+                                int64_t timeout_ms, tg_comm_status *st) {
+  return all_gather(c, send, recv, bytes_per_rank, 0, timeout_ms, st);
+}
+
+tg_comm_code tg_comm_all_gather_host(tg_comm *c, const void *send, void *recv, size_t bytes_per_rank,
+                                     int64_t timeout_ms, tg_comm_status *st) {
+  return all_gather(c, send, recv, bytes_per_rank, 1, timeout_ms, st);
 }
 
 tg_comm_code tg_comm_broadcast(tg_comm *c, void *buf, size_t bytes, int root, int64_t timeout_ms,
@@ -257,6 +285,7 @@ void tg_comm_free(tg_comm *c) {
 }
 
 int tg_comm_rank(const tg_comm *c) { return c->rank; }
+int tg_comm_device_buffers(const tg_comm *c) { return c && c->ops->all_reduce_host != NULL; }
 int tg_comm_world_size(const tg_comm *c) { return c->world_size; }
 int64_t tg_comm_generation(const tg_comm *c) { return c->generation; }
 uint64_t tg_comm_entered(const tg_comm *c) {

@@ -76,8 +76,11 @@ typedef struct {
   const char *store_prefix;  /* e.g. "/tardigrade/jobs/J/gen/7/gloo/"; one per generation */
   const char *host;          /* address to listen on and advertise; NULL: "127.0.0.1" */
 
-  /* NCCL: the world's unique id and this rank's GPU. */
-  const uint8_t *nccl_id; /* TG_COMM_NCCL_ID_BYTES bytes */
+  /* NCCL: the world's unique id and this rank's GPU. With nccl_id NULL,
+   * rank 0 makes one (ncclGetUniqueId opens its bootstrap socket in this
+   * process) and publishes it under store_prefix + "nccl-id"; the other
+   * ranks read it from there (store_address and store_prefix required). */
+  const uint8_t *nccl_id; /* TG_COMM_NCCL_ID_BYTES bytes, or NULL */
   int cuda_device;
 
   /* Bound on creation (rendezvous + connecting). 0: 30000. gloo may take
@@ -108,6 +111,17 @@ tg_comm_code tg_comm_broadcast(tg_comm *c, void *buf, size_t bytes, int root, in
                                tg_comm_status *st);
 
 tg_comm_code tg_comm_barrier(tg_comm *c, int64_t timeout_ms, tg_comm_status *st);
+
+/* 1 when collective buffers are device memory (NCCL), 0 for host (gloo). */
+int tg_comm_device_buffers(const tg_comm *c);
+
+/* tg_comm_all_reduce and tg_comm_all_gather on HOST buffers whatever the
+ * backend: NCCL stages them through device memory. For small control data
+ * (a library's bookkeeping), not for gradients. */
+tg_comm_code tg_comm_all_reduce_host(tg_comm *c, void *buf, size_t count, tg_comm_dtype dtype,
+                                     int64_t timeout_ms, tg_comm_status *st);
+tg_comm_code tg_comm_all_gather_host(tg_comm *c, const void *send, void *recv, size_t bytes_per_rank,
+                                     int64_t timeout_ms, tg_comm_status *st);
 
 /* Makes a collective blocked on this communicator return ABORTED soon, and
  * every later one at once. Safe from any thread; idempotent. A rank that

@@ -40,6 +40,13 @@ typedef struct {
   /* Any thread, any time before free; must not block for long. */
   void (*abort)(tg_comm_impl *b);
   void (*free)(tg_comm_impl *b);
+  /* Backends whose buffers are device memory set these: the same
+   * collectives on host buffers, staged through the device. NULL: the
+   * backend's buffers are host memory already. */
+  tg_comm_code (*all_reduce_host)(tg_comm_impl *b, void *buf, size_t count, tg_comm_dtype dtype,
+                                  int64_t timeout_ms, tg_comm_status *st);
+  tg_comm_code (*all_gather_host)(tg_comm_impl *b, const void *send, void *recv, size_t bytes_per_rank,
+                                  int64_t timeout_ms, tg_comm_status *st);
 } tg_comm_backend_ops;
 
 extern const tg_comm_backend_ops tg_comm_gloo_ops;

@@ -346,6 +346,7 @@ extern "C" {
 const tg_comm_backend_ops tg_comm_gloo_ops = {
     "gloo",          GlooOpen,      GlooAllReduce, GlooReduceScatter, GlooAllGather,
     GlooBroadcast,   GlooBarrier,   GlooAbort,     GlooFree,
+    nullptr,         nullptr,  // host buffers already: no staging
 };
 
 }  // extern "C"

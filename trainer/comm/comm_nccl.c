@@ -19,9 +19,15 @@
  * call in flight. Without a collective in flight the abort happens at the
  * next call or at free.
  *
- * The 128-byte unique id comes from the caller (the coordinator makes it
- * with ncclGetUniqueId on one rank and hands it out with the world).
- * Buffers are device memory of cfg->cuda_device.
+ * The 128-byte unique id comes from the caller, or (nccl_id NULL) from
+ * the generation's store: ncclGetUniqueId opens the bootstrap root's
+ * listening socket in the process that calls it, so rank 0 makes the id
+ * and publishes it under the store prefix the coordinator allocated for
+ * this generation (store_bytes.h); the other ranks read it there. A new
+ * generation has a new prefix, hence a new id: no rank of an old world can
+ * join a new communicator.
+ * Buffers are device memory of cfg->cuda_device; the *_host collectives
+ * stage host buffers through a temporary device buffer.
  *
  * Unverified: this builds wherever CUDA and NCCL are installed, but it has
  * only run where a GPU was present (comm_nccl_test skips without one). */
@@ -29,11 +35,13 @@
 #include <nccl.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "trainer/comm/comm_backend.h"
+#include "trainer/comm/store_bytes.h"
 
 #define POLL_INTERVAL_NS 50000          /* 50 us between polls */
 #define FINALIZE_TIMEOUT_MS 10000       /* orderly teardown before giving up and aborting */
@@ -43,6 +51,7 @@ struct tg_comm_impl {
   cudaStream_t stream;
   int device;
   int rank;
+  int world_size;
   atomic_int abort_requested; /* set by tg_comm_abort from any thread */
   int nccl_aborted;           /* ncclCommAbort ran (owner thread only) */
   int failed;                 /* a call failed: free aborts instead of finalizing */
@@ -132,6 +141,33 @@ static ncclDataType_t nccl_type(tg_comm_dtype dtype) {
 
 static void nccl_free(tg_comm_impl *n);
 
+/* The world's unique id: given, or made by rank 0 and shared through the
+ * generation's store. */
+static tg_comm_code unique_id(const tg_comm_config *cfg, int64_t deadline_ms, ncclUniqueId *id,
+                              tg_comm_status *st) {
+  _Static_assert(sizeof id->internal == TG_COMM_NCCL_ID_BYTES, "ncclUniqueId is 128 bytes");
+  if (cfg->nccl_id) {
+    memcpy(id->internal, cfg->nccl_id, sizeof id->internal);
+    return TG_COMM_OK;
+  }
+  char key[512];
+  if ((size_t)snprintf(key, sizeof key, "%snccl-id", cfg->store_prefix) >= sizeof key)
+    return tg_comm_status_set(st, TG_COMM_ERROR, "store prefix too long");
+  tg_comm_status sst = {0};
+  tg_comm_code code;
+  if (cfg->rank == 0) {
+    ncclResult_t r = ncclGetUniqueId(id);
+    if (r != ncclSuccess)
+      return tg_comm_status_set(st, TG_COMM_ERROR, "ncclGetUniqueId: %s", ncclGetErrorString(r));
+    code = tg_comm_store_publish(cfg->store_address, key, id->internal, sizeof id->internal, deadline_ms, &sst);
+  } else {
+    code = tg_comm_store_await(cfg->store_address, key, id->internal, sizeof id->internal, deadline_ms, NULL,
+                               &sst);
+  }
+  if (code != TG_COMM_OK) return tg_comm_status_set(st, code, "unique id: %s", sst.message);
+  return TG_COMM_OK;
+}
+
 static tg_comm_code nccl_open(const tg_comm_config *cfg, int64_t connect_timeout_ms,
                               tg_comm_impl **out, tg_comm_status *st) {
   tg_comm_code code = TG_COMM_ERROR;
@@ -139,6 +175,7 @@ static tg_comm_code nccl_open(const tg_comm_config *cfg, int64_t connect_timeout
   if (!n) return tg_comm_status_set(st, TG_COMM_ERROR, "out of memory");
   n->device = cfg->cuda_device;
   n->rank = cfg->rank;
+  n->world_size = cfg->world_size;
   cudaError_t e = cudaSetDevice(n->device);
   if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&n->stream, cudaStreamNonBlocking);
   if (e == cudaSuccess) e = cudaMalloc((void **)&n->barrier_word, sizeof *n->barrier_word);
@@ -148,7 +185,9 @@ static tg_comm_code nccl_open(const tg_comm_config *cfg, int64_t connect_timeout
     goto err;
   }
   ncclUniqueId id;
-  memcpy(id.internal, cfg->nccl_id, sizeof id.internal);
+  code = unique_id(cfg, now_ms() + connect_timeout_ms, &id, st);
+  if (code != TG_COMM_OK) goto err;
+  code = TG_COMM_ERROR;
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
   ncclResult_t r = ncclCommInitRankConfig(&n->comm, cfg->world_size, id, cfg->rank, &config);
@@ -215,6 +254,53 @@ static tg_comm_code nccl_barrier(tg_comm_impl *n, int64_t timeout_ms, tg_comm_st
   return finish(n, what, r, timeout_ms, st);
 }
 
+/* A host buffer of `bytes` staged in device memory around one collective. */
+static tg_comm_code stage_in(tg_comm_impl *n, const char *what, const void *host, size_t bytes, void **dev,
+                             tg_comm_status *st) {
+  cudaError_t e = cudaMalloc(dev, bytes);
+  if (e == cudaSuccess && host) e = cudaMemcpy(*dev, host, bytes, cudaMemcpyHostToDevice);
+  if (e != cudaSuccess) {
+    if (*dev) cudaFree(*dev);
+    *dev = NULL;
+    return fail(n, TG_COMM_ERROR, what, cudaGetErrorString(e), st);
+  }
+  return TG_COMM_OK;
+}
+
+static tg_comm_code stage_out(tg_comm_impl *n, const char *what, void *host, const void *dev, size_t bytes,
+                              tg_comm_status *st) {
+  cudaError_t e = cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost);
+  return e == cudaSuccess ? TG_COMM_OK : fail(n, TG_COMM_ERROR, what, cudaGetErrorString(e), st);
+}
+
+static tg_comm_code nccl_all_reduce_host(tg_comm_impl *n, void *buf, size_t count, tg_comm_dtype dtype,
+                                         int64_t timeout_ms, tg_comm_status *st) {
+  const char *what = "ncclAllReduce (host buffer)";
+  size_t bytes = count * tg_comm_dtype_size(dtype);
+  void *dev = NULL;
+  tg_comm_code code = begin(n, what, st);
+  if (code == TG_COMM_OK) code = stage_in(n, what, buf, bytes, &dev, st);
+  if (code == TG_COMM_OK) code = nccl_all_reduce(n, dev, count, dtype, timeout_ms, st);
+  if (code == TG_COMM_OK) code = stage_out(n, what, buf, dev, bytes, st);
+  if (dev) cudaFree(dev);
+  return code;
+}
+
+static tg_comm_code nccl_all_gather_host(tg_comm_impl *n, const void *send, void *recv, size_t bytes_per_rank,
+                                         int64_t timeout_ms, tg_comm_status *st) {
+  const char *what = "ncclAllGather (host buffers)";
+  size_t total = bytes_per_rank * (size_t)n->world_size;
+  void *dsend = NULL, *drecv = NULL;
+  tg_comm_code code = begin(n, what, st);
+  if (code == TG_COMM_OK) code = stage_in(n, what, send, bytes_per_rank, &dsend, st);
+  if (code == TG_COMM_OK) code = stage_in(n, what, NULL, total, &drecv, st);
+  if (code == TG_COMM_OK) code = nccl_all_gather(n, dsend, drecv, bytes_per_rank, timeout_ms, st);
+  if (code == TG_COMM_OK) code = stage_out(n, what, recv, drecv, total, st);
+  if (dsend) cudaFree(dsend);
+  if (drecv) cudaFree(drecv);
+  return code;
+}
+
 static void nccl_request_abort(tg_comm_impl *n) { atomic_store(&n->abort_requested, 1); }
 
 /* Orderly teardown when healthy (finalize, bounded), abort otherwise. */
@@ -248,4 +334,6 @@ const tg_comm_backend_ops tg_comm_nccl_ops = {
     .barrier = nccl_barrier,
     .abort = nccl_request_abort,
     .free = nccl_free,
+    .all_reduce_host = nccl_all_reduce_host,
+    .all_gather_host = nccl_all_gather_host,
 };

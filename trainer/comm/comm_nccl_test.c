@@ -1,17 +1,21 @@
 /* The NCCL communicator on one GPU (world size 1: NCCL refuses two ranks
  * on one device): create from a unique id, every collective, abort, and a
- * new communicator after the abort. Without a GPU (CI, this build
- * machine) it skips, as common/cuda/gpu_probe.c does. */
+ * new communicator after the abort; the unique id shared through the
+ * generation's store (a real etcd); host-buffer collectives staged through
+ * the device. Without a GPU (CI, this build machine) it skips, as
+ * common/cuda/gpu_probe.c does. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <cmocka.h>
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include "tests/harness/etcd_cluster.h"
 #include "trainer/comm/comm.h"
 
 static int have_gpu(void) {
@@ -65,7 +69,48 @@ static void test_world_of_one(void **state) {
   cudaFree(dev);
 }
 
+/* nccl_id NULL: rank 0 makes the id and publishes it under the prefix. */
+static void test_unique_id_through_the_store(void **state) {
+  if (!have_gpu()) {
+    printf("no GPU: skipped\n");
+    skip();
+  }
+  char err[256];
+  tg_etcd_cluster *cluster = tg_etcd_cluster_start(1, err, sizeof err);
+  if (!cluster) fail_msg("etcd: %s", err);
+  tg_comm_status st = {0};
+  tg_comm_config cfg = {
+      .backend = TG_COMM_NCCL,
+      .rank = 0,
+      .world_size = 1,
+      .generation = 7,
+      .store_address = tg_etcd_cluster_endpoints(cluster),
+      .store_prefix = "/tardigrade/jobs/nccl-test/gen/7/",
+      .cuda_device = 0,
+      .connect_timeout_ms = 20000,
+  };
+  tg_comm *c = tg_comm_create(&cfg, &st);
+  if (!c) {
+    tg_etcd_cluster_free(cluster);
+    fail_msg("create through the store: %s", st.message);
+  }
+  assert_true(tg_comm_device_buffers(c));
+  /* Host buffers are staged through the device. */
+  int64_t v[3] = {5, -6, 7}, gathered[3];
+  assert_int_equal(tg_comm_all_reduce_host(c, v, 3, TG_COMM_INT64, 10000, &st), TG_COMM_OK);
+  assert_int_equal(v[0], 5);
+  assert_int_equal(tg_comm_all_gather_host(c, v, gathered, sizeof v, 10000, &st), TG_COMM_OK);
+  assert_memory_equal(v, gathered, sizeof v);
+  tg_comm_free(c);
+  /* The same generation cannot publish a second id. */
+  c = tg_comm_create(&cfg, &st);
+  assert_null(c);
+  assert_non_null(strstr(st.message, "already there"));
+  tg_etcd_cluster_free(cluster);
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_world_of_one)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_world_of_one),
+                                     cmocka_unit_test(test_unique_id_through_the_store)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

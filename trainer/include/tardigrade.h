@@ -3,6 +3,8 @@
  *
  * A trainer process is started by tg-agent (one per slot) with its
  * environment set: TG_AGENT_SOCKET, TG_SLOT, TG_NODE_ID, TG_JOB, TG_CKPT_SHM.
+ * Optional: TG_COMM_BACKEND=nccl (default gloo) and TG_CUDA_DEVICE (default:
+ * the slot number) for GPU collectives.
  * It calls tg_init once, then loops:
  *
  *   tg_join        wait for a world; learn rank and size; build the
@@ -124,10 +126,21 @@ tg_result tg_snapshot(tg_trainer *t, uint64_t step);
 tg_result tg_step_done(tg_trainer *t, uint64_t step, float loss, uint32_t step_time_ms);
 
 /* Collectives among the ranks of the current world. Sums are exact for
- * TG_INT64. */
+ * TG_INT64. Buffers are host memory with gloo and CUDA device memory (of
+ * tg_cuda_device) with NCCL: see tg_device_buffers. */
 tg_result tg_all_reduce(tg_trainer *t, void *buf, size_t count, tg_dtype type);
 tg_result tg_all_gather(tg_trainer *t, const void *send, void *recv, size_t bytes_per_rank);
 tg_result tg_broadcast(tg_trainer *t, void *buf, size_t bytes, int root);
+
+/* 1 when the collectives above take CUDA device pointers (the NCCL
+ * backend, TG_COMM_BACKEND=nccl), 0 when they take host memory (gloo).
+ * Known from tg_init on. Snapshot buffers (tg_register) are always host
+ * memory: on GPU, copy into pinned host buffers asynchronously and wait for
+ * the copy just before tg_snapshot. */
+int tg_device_buffers(const tg_trainer *t);
+/* The CUDA device the NCCL communicator uses ($TG_CUDA_DEVICE, else the
+ * slot number); -1 with gloo. */
+int tg_cuda_device(const tg_trainer *t);
 
 #ifdef __cplusplus
 }

@@ -36,6 +36,8 @@ typedef struct tg_lib_plan tg_lib_plan; /* restore.c: who holds which shard */
 struct tg_trainer {
   char job[64];
   uint32_t slot;
+  tg_comm_backend backend;    /* $TG_COMM_BACKEND: gloo (default) or nccl */
+  int cuda_device;            /* NCCL only: $TG_CUDA_DEVICE, else the slot */
   tg_rpc_channel *agent;
   tg_ckpt_store *store;
   tg_comm *comm;
@@ -62,6 +64,12 @@ tg_result tg_lib_fail(tg_trainer *t, const char *fmt, ...) __attribute__((format
 
 /* Forgets the resume plan and the cached shards (restore.c). */
 void tg_lib_forget_restore(tg_trainer *t);
+
+/* All-gather / all-reduce of the library's own bookkeeping in HOST memory,
+ * whatever the backend (NCCL stages it through the device); counted as
+ * collectives for the hang detector like the public ones. */
+tg_result tg_lib_all_gather_host(tg_trainer *t, const void *send, void *recv, size_t bytes_per_rank);
+tg_result tg_lib_all_reduce_host(tg_trainer *t, int64_t *buf, size_t count);
 
 /* Reports a fault about this rank to the agent (warning level; logged). */
 void tg_lib_report(tg_trainer *t, int kind, const char *detail);

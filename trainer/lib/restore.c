@@ -292,7 +292,7 @@ tg_result tg_resume_step(tg_trainer *t, tg_resume *resume) {
   p->n_records = n;
   t->plan = p;
   make_record(t, mine);
-  tg_result r = tg_all_gather(t, mine, p->records, sizeof *mine);
+  tg_result r = tg_lib_all_gather_host(t, mine, p->records, sizeof *mine);
   free(mine);
   if (r != TG_OK) return r;
 
@@ -305,7 +305,7 @@ tg_result tg_resume_step(tg_trainer *t, tg_resume *resume) {
     for (uint32_t q = (uint32_t)t->world.rank; q < cands[c].world_size; q += (uint32_t)n)
       if (!obtain(t, cands[c].step, (int32_t)q, cands[c].world_size)) tally[0]++;
     tally[1] = p->used_disk;
-    r = tg_all_reduce(t, tally, 2, TG_INT64);
+    r = tg_lib_all_reduce_host(t, tally, 2);
     if (r != TG_OK) return r;
     if (tally[0] == 0) {
       resume->step = cands[c].step;

@@ -58,6 +58,17 @@ tg_trainer *tg_init(void) {
   if (!t) return NULL;
   snprintf(t->job, sizeof t->job, "%s", job && *job ? job : "default");
   t->slot = (uint32_t)atoi(slot);
+  const char *backend = getenv("TG_COMM_BACKEND"), *device = getenv("TG_CUDA_DEVICE");
+  t->backend = TG_COMM_GLOO;
+  t->cuda_device = -1;
+  if (backend && strcmp(backend, "nccl") == 0) {
+    t->backend = TG_COMM_NCCL;
+    t->cuda_device = device && *device ? atoi(device) : (int)t->slot;
+  } else if (backend && *backend && strcmp(backend, "gloo") != 0) {
+    fprintf(stderr, "tardigrade: TG_COMM_BACKEND=%s: expected gloo or nccl\n", backend);
+    free(t);
+    return NULL;
+  }
   char target[300], err[256];
   snprintf(target, sizeof target, "unix:%s", sock);
   t->agent = tg_rpc_channel_new(target, NULL, err, sizeof err);
@@ -116,7 +127,8 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
   snprintf(t->node_id, sizeof t->node_id, "%s", r->node_id);
   snprintf(t->agent_address, sizeof t->agent_address, "%s", r->agent_address);
   snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s", r->ckpt_dir);
-  tg_comm_config cc = {.backend = TG_COMM_GLOO,
+  tg_comm_config cc = {.backend = t->backend,
+                       .cuda_device = t->cuda_device,
                        .rank = r->rank,
                        .world_size = (int)r->world->world_size,
                        .generation = (int64_t)r->world->generation,
@@ -178,6 +190,21 @@ tg_result tg_all_gather(tg_trainer *t, const void *send, void *recv, size_t byte
   enter(t);
   return comm_result(t, tg_comm_all_gather(t->comm, send, recv, bytes_per_rank, COLLECTIVE_MS, &cs), &cs);
 }
+
+tg_result tg_lib_all_gather_host(tg_trainer *t, const void *send, void *recv, size_t bytes_per_rank) {
+  tg_comm_status cs = {0};
+  enter(t);
+  return comm_result(t, tg_comm_all_gather_host(t->comm, send, recv, bytes_per_rank, COLLECTIVE_MS, &cs), &cs);
+}
+
+tg_result tg_lib_all_reduce_host(tg_trainer *t, int64_t *buf, size_t count) {
+  tg_comm_status cs = {0};
+  enter(t);
+  return comm_result(t, tg_comm_all_reduce_host(t->comm, buf, count, TG_COMM_INT64, COLLECTIVE_MS, &cs), &cs);
+}
+
+int tg_device_buffers(const tg_trainer *t) { return t->backend == TG_COMM_NCCL; }
+int tg_cuda_device(const tg_trainer *t) { return t->backend == TG_COMM_NCCL ? t->cuda_device : -1; }
 
 tg_result tg_broadcast(tg_trainer *t, void *buf, size_t bytes, int root) {
   tg_comm_status cs = {0};

@@ -1,0 +1,26 @@
+/* A few bytes (1 to 4096) handed from one rank to the others through the
+ * generation's store (etcd under World.store_prefix), e.g. NCCL's unique
+ * id under store_prefix + "nccl-id". Private to trainer/comm (C only).
+ *
+ * Publishing is create-only: a second value for a key is refused (ERROR),
+ * never swapped under ranks that already read the first. Awaiting returns
+ * the value once it is there with exactly `len` bytes (ERROR for another
+ * length), TIMEOUT at deadline_ms (CLOCK_MONOTONIC milliseconds), ABORTED
+ * once *abort_flag is set (it may be NULL). */
+#ifndef TG_TRAINER_COMM_STORE_BYTES_H
+#define TG_TRAINER_COMM_STORE_BYTES_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "trainer/comm/comm.h"
+
+#define TG_COMM_STORE_BYTES_MAX 4096
+
+tg_comm_code tg_comm_store_publish(const char *endpoints, const char *key, const void *bytes, size_t len,
+                                   int64_t deadline_ms, tg_comm_status *st);
+tg_comm_code tg_comm_store_await(const char *endpoints, const char *key, void *bytes, size_t len,
+                                 int64_t deadline_ms, const atomic_int *abort_flag, tg_comm_status *st);
+
+#endif

@@ -1,0 +1,176 @@
+/* The store exchange NCCL's unique id goes through (store_bytes.h), against
+ * a real etcd: rank 0 publishes, the other ranks (threads here) wait and
+ * all read the same bytes, whichever arrives first; a second publish for
+ * one key is refused and does not change the value; a missing value times
+ * out at the deadline; a value of the wrong size is refused; an abort flag
+ * stops a wait; bad arguments fail cleanly. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/log/log.h"
+#include "tests/harness/etcd_cluster.h"
+#include "trainer/comm/store_bytes.h"
+
+#define RANKS 8
+#define ID_BYTES 128
+
+static tg_etcd_cluster *cluster;
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void unique_key(char *key, size_t len, const char *what) {
+  static int n;
+  snprintf(key, len, "/tardigrade/test/store-bytes/%d-%d/%s", (int)getpid(), ++n, what);
+}
+
+typedef struct {
+  const char *key;
+  uint8_t got[ID_BYTES];
+  tg_comm_code code;
+  tg_comm_status st;
+} reader;
+
+static void *read_main(void *arg) {
+  reader *r = arg;
+  r->code = tg_comm_store_await(tg_etcd_cluster_endpoints(cluster), r->key, r->got, sizeof r->got,
+                                now_ms() + 10000, NULL, &r->st);
+  return NULL;
+}
+
+static void test_readers_get_what_rank_0_published(void **state) {
+  (void)state;
+  char key[256];
+  unique_key(key, sizeof key, "nccl-id");
+  uint8_t id[ID_BYTES];
+  for (int i = 0; i < ID_BYTES; i++) id[i] = (uint8_t)(i * 37 + 11);
+
+  /* Readers first: they must wait for the value, not fail on its absence. */
+  reader readers[RANKS - 1];
+  pthread_t threads[RANKS - 1];
+  for (int i = 0; i < RANKS - 1; i++) {
+    memset(&readers[i], 0, sizeof readers[i]);
+    readers[i].key = key;
+    assert_int_equal(pthread_create(&threads[i], NULL, read_main, &readers[i]), 0);
+  }
+  usleep(100 * 1000);
+  tg_comm_status st = {0};
+  assert_int_equal(tg_comm_store_publish(tg_etcd_cluster_endpoints(cluster), key, id, sizeof id,
+                                         now_ms() + 5000, &st),
+                   TG_COMM_OK);
+  for (int i = 0; i < RANKS - 1; i++) {
+    pthread_join(threads[i], NULL);
+    if (readers[i].code != TG_COMM_OK) fail_msg("reader %d: %s", i, readers[i].st.message);
+    assert_memory_equal(readers[i].got, id, sizeof id);
+  }
+
+  /* A late reader gets it at once. */
+  uint8_t late[ID_BYTES];
+  assert_int_equal(tg_comm_store_await(tg_etcd_cluster_endpoints(cluster), key, late, sizeof late,
+                                       now_ms() + 2000, NULL, &st),
+                   TG_COMM_OK);
+  assert_memory_equal(late, id, sizeof id);
+
+  /* A second publisher for the same generation is refused; the value stays. */
+  uint8_t other[ID_BYTES];
+  memset(other, 0xab, sizeof other);
+  assert_int_equal(tg_comm_store_publish(tg_etcd_cluster_endpoints(cluster), key, other, sizeof other,
+                                         now_ms() + 5000, &st),
+                   TG_COMM_ERROR);
+  assert_non_null(strstr(st.message, "already there"));
+  assert_int_equal(tg_comm_store_await(tg_etcd_cluster_endpoints(cluster), key, late, sizeof late,
+                                       now_ms() + 2000, NULL, &st),
+                   TG_COMM_OK);
+  assert_memory_equal(late, id, sizeof id);
+}
+
+static void test_nothing_published_times_out(void **state) {
+  (void)state;
+  char key[256];
+  unique_key(key, sizeof key, "nccl-id");
+  uint8_t got[ID_BYTES];
+  tg_comm_status st = {0};
+  int64_t t0 = now_ms();
+  assert_int_equal(tg_comm_store_await(tg_etcd_cluster_endpoints(cluster), key, got, sizeof got, t0 + 300,
+                                       NULL, &st),
+                   TG_COMM_TIMEOUT);
+  assert_true(now_ms() - t0 >= 300);
+  assert_non_null(strstr(st.message, "before the deadline"));
+}
+
+static void test_abort_stops_a_wait(void **state) {
+  (void)state;
+  char key[256];
+  unique_key(key, sizeof key, "nccl-id");
+  uint8_t got[ID_BYTES];
+  tg_comm_status st = {0};
+  atomic_int abort_flag = 1;
+  assert_int_equal(tg_comm_store_await(tg_etcd_cluster_endpoints(cluster), key, got, sizeof got,
+                                       now_ms() + 10000, &abort_flag, &st),
+                   TG_COMM_ABORTED);
+}
+
+static void test_wrong_sizes_and_bad_arguments(void **state) {
+  (void)state;
+  const char *ep = tg_etcd_cluster_endpoints(cluster);
+  char key[256];
+  unique_key(key, sizeof key, "nccl-id");
+  uint8_t small[16] = {1, 2, 3}, got[ID_BYTES];
+  tg_comm_status st = {0};
+  /* A value of another size (a corrupt or foreign key) is never taken. */
+  assert_int_equal(tg_comm_store_publish(ep, key, small, sizeof small, now_ms() + 5000, &st), TG_COMM_OK);
+  assert_int_equal(tg_comm_store_await(ep, key, got, sizeof got, now_ms() + 2000, NULL, &st), TG_COMM_ERROR);
+  assert_non_null(strstr(st.message, "16 bytes, expected 128"));
+
+  static uint8_t huge[TG_COMM_STORE_BYTES_MAX + 1];
+  assert_int_equal(tg_comm_store_publish(ep, key, huge, sizeof huge, now_ms() + 1000, &st), TG_COMM_ERROR);
+  assert_int_equal(tg_comm_store_publish(ep, key, got, 0, now_ms() + 1000, &st), TG_COMM_ERROR);
+  assert_int_equal(tg_comm_store_publish(NULL, key, got, 1, now_ms() + 1000, &st), TG_COMM_ERROR);
+  assert_int_equal(tg_comm_store_await(ep, "", got, 1, now_ms() + 1000, NULL, &st), TG_COMM_ERROR);
+  assert_int_equal(tg_comm_store_await(ep, key, NULL, 1, now_ms() + 1000, NULL, &st), TG_COMM_ERROR);
+  /* A deadline already passed: no store call at all. */
+  assert_int_equal(tg_comm_store_publish(ep, key, got, 1, now_ms() - 1, &st), TG_COMM_TIMEOUT);
+  /* No store there: an error or a timeout, bounded by the deadline. */
+  int64_t t0 = now_ms();
+  tg_comm_code code = tg_comm_store_await("127.0.0.1:1", key, got, sizeof got, t0 + 500, NULL, &st);
+  assert_true(code == TG_COMM_TIMEOUT || code == TG_COMM_ERROR);
+  assert_true(now_ms() - t0 < 6000);
+}
+
+static int group_setup(void **state) {
+  (void)state;
+  char err[256];
+  cluster = tg_etcd_cluster_start(1, err, sizeof err);
+  if (!cluster) fprintf(stderr, "etcd: %s\n", err);
+  return cluster ? 0 : -1;
+}
+
+static int group_teardown(void **state) {
+  (void)state;
+  tg_etcd_cluster_free(cluster);
+  cluster = NULL;
+  return 0;
+}
+
+int main(void) {
+  tg_log_init("store_bytes_test", TG_LOG_WARN);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_readers_get_what_rank_0_published),
+      cmocka_unit_test(test_nothing_published_times_out),
+      cmocka_unit_test(test_abort_stops_a_wait),
+      cmocka_unit_test(test_wrong_sizes_and_bad_arguments),
+  };
+  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
