@@ -122,7 +122,14 @@ const char *tg_gpu_last_error(const tg_gpu *g) { return g ? g->error : "no GPU c
 void *tg_gpu_alloc(tg_gpu *g, size_t bytes) {
   void *p = NULL;
   if (tg_gpu_cuda(g, cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc") != TG_MODEL_OK) return NULL;
-  if (tg_gpu_cuda(g, cudaMemset(p, 0, bytes ? bytes : 1), "cudaMemset") != TG_MODEL_OK) {
+  /* Cleared on the compute stream and waited for: a plain cudaMemset
+   * would run on the legacy default stream, which non-blocking streams
+   * do not wait for. */
+  tg_model_status st =
+      tg_gpu_cuda(g, cudaMemsetAsync(p, 0, bytes ? bytes : 1, g->compute), "cudaMemsetAsync");
+  if (st == TG_MODEL_OK)
+    st = tg_gpu_cuda(g, cudaStreamSynchronize(g->compute), "cudaStreamSynchronize (alloc)");
+  if (st != TG_MODEL_OK) {
     cudaFree(p);
     return NULL;
   }
@@ -192,10 +199,8 @@ tg_model_status tg_gpu_copy_device(tg_gpu *g, void *dst_dev, const void *src_dev
 
 tg_model_status tg_gpu_zero(tg_gpu *g, void *dev, size_t bytes) {
   if (!g || (bytes && !dev)) return TG_MODEL_EINVAL;
-  tg_model_status st = tg_gpu_fence(g);
-  if (st == TG_MODEL_OK && bytes)
-    st = tg_gpu_cuda(g, cudaMemsetAsync(dev, 0, bytes, g->compute), "cudaMemsetAsync");
-  return st;
+  if (!bytes) return TG_MODEL_OK;
+  return tg_gpu_cuda(g, cudaMemsetAsync(dev, 0, bytes, g->compute), "cudaMemsetAsync");
 }
 
 tg_model_status tg_gpu_finish(tg_gpu *g) {

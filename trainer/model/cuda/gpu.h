@@ -17,11 +17,13 @@
  * Snapshots overlap compute: tg_gpu_snapshot_copy enqueues device-to-host
  * copies into pinned memory on the copy stream, behind the compute
  * stream's work so far, and returns; kernels enqueued after it run
- * alongside the copies. Every later write this package makes to device
- * memory it did not just allocate (uploads, device copies, zeroing, the
- * AdamW update) first waits for those copies on the device, so a snapshot
- * always holds the state it was taken of. The host waits with
- * tg_gpu_snapshot_wait before it reads the host buffers. */
+ * alongside the copies. What writes a snapshot's sources, the AdamW
+ * update, uploads and device-to-device copies, first waits for those
+ * copies on the device, so a snapshot always holds the state it was taken
+ * of; forward, backward and the gradient sums do not wait, and that is
+ * the overlap. tg_gpu_zero does not wait either: it is for scratch such
+ * as accumulators. The host waits with tg_gpu_snapshot_wait before it
+ * reads the host buffers. */
 #ifndef TG_GPU_H
 #define TG_GPU_H
 
@@ -54,7 +56,8 @@ void *tg_gpu_host_alloc(tg_gpu *g, size_t bytes);
 void tg_gpu_host_free(tg_gpu *g, void *host);
 
 /* Copies in compute-stream order. upload and download return when the
- * copy is done; copy_device and zero are enqueued and return at once. */
+ * copy is done; copy_device and zero are enqueued and return at once.
+ * zero does not wait for snapshot copies (see above). */
 tg_model_status tg_gpu_upload(tg_gpu *g, void *dev, const void *host, size_t bytes);
 tg_model_status tg_gpu_download(tg_gpu *g, void *host, const void *dev, size_t bytes);
 tg_model_status tg_gpu_copy_device(tg_gpu *g, void *dst_dev, const void *src_dev, size_t bytes);

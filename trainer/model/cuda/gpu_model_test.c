@@ -137,7 +137,7 @@ static void test_forward_backward_match_cpu(void **state) {
     float cpu_loss, gpu_loss;
     assert_int_equal(tg_model_forward(cm, tok, tgt, batch, &cpu_loss), TG_MODEL_OK);
     assert_int_equal(tg_gpu_model_forward(gm, tok, tgt, batch, &gpu_loss), TG_MODEL_OK);
-    assert_close(&gpu_loss, &cpu_loss, 1, 1e-5, 0.0, "loss");
+    assert_close(&gpu_loss, &cpu_loss, 1, 1e-4, 0.0, "loss");
     assert_int_equal(tg_model_backward(cm), TG_MODEL_OK);
     assert_int_equal(tg_gpu_model_backward(gm), TG_MODEL_OK);
     assert_int_equal(tg_gpu_finish(g), TG_MODEL_OK);
@@ -145,7 +145,9 @@ static void test_forward_backward_match_cpu(void **state) {
     double max_grad = 0.0;
     for (size_t i = 0; i < P; i++) max_grad = fmax(max_grad, fabs(tg_model_grads(cm)[i]));
     assert_true(max_grad > 1e-3);
-    assert_close(grads, tg_model_grads(cm), P, 1e-3, 1e-5 * max_grad, "gradients");
+    /* Other summation orders and other tanhf/expf: last bits differ, and
+     * through 2-3 blocks a few more; a wrong layout or index is O(1). */
+    assert_close(grads, tg_model_grads(cm), P, 1e-3, 1e-4 * max_grad, "gradients");
     free(grads);
     free(noise);
     free(tok);
@@ -457,7 +459,7 @@ static void test_snapshot_round_trip(void **state) {
   assert_int_equal(tg_model_forward(cm, tok, tgt, plan.micro_batch, &cpu_loss), TG_MODEL_OK);
   assert_int_equal(tg_gpu_model_forward(b.model, tok, tgt, plan.micro_batch, &gpu_loss),
                    TG_MODEL_OK);
-  assert_close(&gpu_loss, &cpu_loss, 1, 1e-5, 0.0, "loss of the snapshot");
+  assert_close(&gpu_loss, &cpu_loss, 1, 1e-4, 0.0, "loss of the snapshot");
 
   free(before);
   free(pa);
