@@ -35,3 +35,7 @@ def tg_cuda_object(name, src, hdrs = [], nvcc_flags = [], visibility = None):
 # (or NCCL_ONLY), a list of one target where CUDA is present and none elsewhere.
 CUDA_ONLY = [1] if _HAS_CUDA else []
 NCCL_ONLY = [1] if _HAS_NCCL else []
+
+# The other side, for a stand-in that says CUDA is missing:
+# srcs = ["x_cuda.c" for _ in CUDA_ONLY] + ["x_none.c" for _ in WITHOUT_CUDA].
+WITHOUT_CUDA = [] if _HAS_CUDA else [1]
