@@ -108,7 +108,8 @@ out:
 }
 
 tg_comm_code tg_comm_store_await(const char *endpoints, const char *key, void *bytes, size_t len,
-                                 int64_t deadline_ms, const atomic_int *abort_flag, tg_comm_status *st) {
+                                 int64_t deadline_ms, int (*cancelled)(void *), void *cancel_user,
+                                 tg_comm_status *st) {
   tg_comm_code code = check_args(endpoints, key, bytes, len, st);
   if (code != TG_COMM_OK) return code;
   tg_etcd *e = open_store(endpoints, deadline_ms, st);
@@ -133,7 +134,7 @@ tg_comm_code tg_comm_store_await(const char *endpoints, const char *key, void *b
       snprintf(last_error, sizeof last_error, "; last store error: %s: %s", tg_rpc_code_name(est.code),
                est.message);
     }
-    if (abort_flag && atomic_load(abort_flag)) {
+    if (cancelled && cancelled(cancel_user)) {
       code = set_status(st, TG_COMM_ABORTED, "store await %s: aborted", key);
       break;
     }
