@@ -151,6 +151,9 @@ static void on_world(const Tardigrade__V1__WorldUpdate *u, void *user) {
     tg_progress_update(a->detector, &start);
   }
   replicate_to_buddy(a, u);
+  /* Trainers still in (or building) an older world's communicator see
+   * this and abandon it at once. */
+  tg_counters_set_world(a->counters, u->world->generation);
   tg_agent_answer_joins(a);
   pthread_cond_broadcast(&a->cv);
   pthread_mutex_unlock(&a->mu);
@@ -305,6 +308,8 @@ static void on_trainer_exit(int slot, pid_t pid, int exit_code, int sig, int wil
  * its peers entered keeps the lower number (mu held). */
 static void read_counters(tg_agent *a) {
   int64_t now = tg_clock_mono_ms();
+  uint64_t world = a->update && a->update->world ? a->update->world->generation : 0;
+  if (tg_counters_world(a->counters) != world) tg_counters_set_world(a->counters, world);
   for (int64_t s = 0; s < a->cfg.slots; s++) {
     uint64_t gen = 0, seq = 0, alive = 0;
     if (tg_counters_read_alive(a->counters, (int)s, &alive) == 0 && alive != a->seen_alive[s]) {

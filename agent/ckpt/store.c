@@ -28,8 +28,8 @@
  *
  * Retention runs at each commit: of several committed copies of one key
  * only the last committed stays (a counter in the header numbers commits),
- * and steps of the same (job, shard) older than the newest keep_steps are
- * freed. Slots are all one size: the shards of a data-parallel job are
+ * and the (generation, step)s of the same (job, shard) older than the
+ * newest keep_steps are freed (a later generation counts as newer). Slots are all one size: the shards of a data-parallel job are
  * close in size, and a fixed table needs no allocator in memory that user
  * code can corrupt. */
 #include "agent/ckpt/store.h"
@@ -485,6 +485,15 @@ int tg_ckpt_store_read_alloc(tg_ckpt_store *s, const tg_ckpt_key *key, void **by
   return read_shard(s, key, NULL, 0, 1, bytes, len, checksum);
 }
 
+/* Order of retention: a later generation is newer whatever its step. A
+ * world that resumed at an older step (from the disk, or after losing
+ * uncommitted steps) writes step numbers its predecessor already wrote;
+ * ordering by step alone would retire each of its fresh snapshots at once
+ * in favour of the dead world's. */
+static int key_older(const tg_ckpt_key *a, const tg_ckpt_key *b) {
+  return a->generation < b->generation || (a->generation == b->generation && a->step < b->step);
+}
+
 int tg_ckpt_store_newest(tg_ckpt_store *s, const char *job_id, int32_t shard, tg_ckpt_key *key) {
   int found = 0;
   if (job_id == NULL || key == NULL) return TG_CKPT_INVALID;
@@ -494,7 +503,7 @@ int tg_ckpt_store_newest(tg_ckpt_store *s, const char *job_id, int32_t shard, tg
         strncmp(v.key.job_id, job_id, TG_CKPT_JOB_ID_MAX) != 0) {
       continue;
     }
-    if (!found || v.key.step > key->step) *key = v.key;
+    if (!found || key_older(key, &v.key)) *key = v.key;
     found = 1;
   }
   return found ? TG_CKPT_OK : TG_CKPT_NOT_FOUND;
@@ -644,21 +653,23 @@ void tg_ckpt_writer_abort(tg_ckpt_writer *w) {
   free(w);
 }
 
-/* The oldest step of (job, shard) to keep: the keep_steps-th newest
- * distinct committed step. 0 with it in *oldest_kept, or -1 when fewer
- * steps than that exist (nothing to retire). */
-static int oldest_kept_step(tg_ckpt_store *s, const tg_ckpt_key *key, uint64_t *oldest_kept) {
-  uint64_t bound = 0;
+/* The oldest (generation, step) of (job, shard) to keep: the
+ * keep_steps-th newest distinct committed one. 0 with it in *oldest_kept,
+ * or -1 when fewer than that exist (nothing to retire). */
+static int oldest_kept_key(tg_ckpt_store *s, const tg_ckpt_key *key, tg_ckpt_key *oldest_kept) {
+  tg_ckpt_key bound;
+  memset(&bound, 0, sizeof bound);
   for (uint32_t k = 0; k < s->geo.keep_steps; k++) {
     int found = 0;
-    uint64_t best = 0;
+    tg_ckpt_key best;
+    memset(&best, 0, sizeof best);
     for (uint32_t i = 0; i < s->geo.slots; i++) {
       slot_view v;
       if (!view_committed(s, i, &v) || v.key.shard != key->shard ||
-          strcmp(v.key.job_id, key->job_id) != 0 || (k > 0 && v.key.step >= bound)) {
+          strcmp(v.key.job_id, key->job_id) != 0 || (k > 0 && !key_older(&v.key, &bound))) {
         continue;
       }
-      if (!found || v.key.step > best) best = v.key.step;
+      if (!found || key_older(&best, &v.key)) best = v.key;
       found = 1;
     }
     if (!found) return -1;
@@ -670,8 +681,8 @@ static int oldest_kept_step(tg_ckpt_store *s, const tg_ckpt_key *key, uint64_t *
 
 /* After slot `self` committed `key` as commit number `seq`: of several
  * copies of one key the last committed stays (two writers committing the
- * same key at once agree on which), and steps of its (job, shard) older
- * than the newest keep_steps are freed. */
+ * same key at once agree on which), and the (generation, step)s of its
+ * (job, shard) older than the newest keep_steps are freed. */
 static void retire_older(tg_ckpt_store *s, const tg_ckpt_key *key, uint32_t self, uint64_t self_ctl,
                          uint64_t seq) {
   for (uint32_t i = 0; i < s->geo.slots; i++) {
@@ -684,12 +695,12 @@ static void retire_older(tg_ckpt_store *s, const tg_ckpt_key *key, uint32_t self
       break;
     }
   }
-  uint64_t oldest_kept = 0;
-  if (oldest_kept_step(s, key, &oldest_kept) != 0) return;
+  tg_ckpt_key oldest_kept;
+  if (oldest_kept_key(s, key, &oldest_kept) != 0) return;
   for (uint32_t i = 0; i < s->geo.slots; i++) {
     slot_view v;
     if (view_committed(s, i, &v) && v.key.shard == key->shard &&
-        strcmp(v.key.job_id, key->job_id) == 0 && v.key.step < oldest_kept) {
+        strcmp(v.key.job_id, key->job_id) == 0 && key_older(&v.key, &oldest_kept)) {
       slot_release(s, i, v.ctl);
     }
   }

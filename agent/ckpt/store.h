@@ -74,8 +74,8 @@ typedef struct tg_ckpt_store tg_ckpt_store;
 
 /* Agent side: creates the region `name` ("/tg-ckpt-<job>", a POSIX shm name:
  * one leading '/', no other) of at most capacity_bytes with `slots` slots,
- * keeping the newest keep_steps (>= 1) committed steps per shard index of a
- * job. Fails if the name exists. NULL with a reason in err on failure. */
+ * keeping the newest keep_steps (>= 1) committed (generation, step)s per
+ * shard index of a job (a later generation is newer whatever its step). Fails if the name exists. NULL with a reason in err on failure. */
 tg_ckpt_store *tg_ckpt_store_create(const char *name, uint64_t capacity_bytes, uint32_t slots,
                                     uint32_t keep_steps, char *err, size_t errlen);
 
@@ -112,7 +112,8 @@ int tg_ckpt_store_read(tg_ckpt_store *store, const tg_ckpt_key *key, void *buf, 
 int tg_ckpt_store_read_alloc(tg_ckpt_store *store, const tg_ckpt_key *key, void **bytes,
                              size_t *len, uint64_t *checksum);
 
-/* The newest committed step of shard `shard` of job_id: TG_CKPT_OK with its
+/* The newest committed (generation, step) of shard `shard` of job_id (a
+ * later generation is newer whatever its step): TG_CKPT_OK with its
  * whole key in *key, or TG_CKPT_NOT_FOUND. Metadata only: a read of it may
  * still fail its checksum. */
 int tg_ckpt_store_newest(tg_ckpt_store *store, const char *job_id, int32_t shard, tg_ckpt_key *key);

@@ -402,6 +402,42 @@ static void test_keeps_newest_steps_per_shard(void **state) {
   tg_ckpt_store_close(s);
 }
 
+/* A new world resumed at an older step (from the disk, say): its steps
+ * have lower numbers than the dead world's but a later generation, and
+ * they are the ones kept. */
+static void test_later_generation_is_newer_whatever_its_step(void **state) {
+  char name[96];
+  tg_ckpt_store *s = new_store(name, sizeof(name), 1 << 20, 6, 4);
+  unsigned char in[100], out[100];
+  size_t len;
+  fill(in, sizeof(in), 7);
+  for (uint64_t step = 67; step <= 70; step++) { /* generation 1, 8 ranks */
+    tg_ckpt_key k = key_of("job-g", step, 0, 8);
+    k.generation = 1;
+    assert_int_equal(tg_ckpt_store_write(s, &k, in, sizeof(in)), TG_CKPT_OK);
+  }
+  for (uint64_t step = 61; step <= 63; step++) { /* generation 3, 4 ranks, resumed at 60 */
+    tg_ckpt_key k = key_of("job-g", step, 0, 4);
+    k.generation = 3;
+    assert_int_equal(tg_ckpt_store_write(s, &k, in, sizeof(in)), TG_CKPT_OK);
+    assert_int_equal(tg_ckpt_store_read(s, &k, out, sizeof(out), &len, NULL), TG_CKPT_OK);
+  }
+  tg_ckpt_key newest;
+  assert_int_equal(tg_ckpt_store_newest(s, "job-g", 0, &newest), TG_CKPT_OK);
+  assert_true(newest.generation == 3 && newest.step == 63);
+  tg_ckpt_key keys[8];
+  assert_int_equal(tg_ckpt_store_list(s, "job-g", keys, 8), 4);
+  int old_world = 0;
+  for (int i = 0; i < 4; i++) old_world += keys[i].generation == 1;
+  assert_int_equal(old_world, 1); /* generation 1's step 70 is the 4th newest */
+  tg_ckpt_key k64 = key_of("job-g", 64, 0, 4);
+  k64.generation = 3;
+  assert_int_equal(tg_ckpt_store_write(s, &k64, in, sizeof(in)), TG_CKPT_OK);
+  assert_int_equal(tg_ckpt_store_list(s, "job-g", keys, 8), 4);
+  for (int i = 0; i < 4; i++) assert_true(keys[i].generation == 3 && keys[i].step >= 61);
+  tg_ckpt_store_close(s);
+}
+
 static void test_two_writers_of_one_key_leave_one_copy(void **state) {
   char name[96];
   tg_ckpt_store *s = new_store(name, sizeof(name), 1 << 20, 4, 1);
@@ -536,6 +572,7 @@ int main(void) {
       cmocka_unit_test(test_injected_corruption_is_refused),
       cmocka_unit_test(test_scribbled_region_is_validated),
       cmocka_unit_test(test_keeps_newest_steps_per_shard),
+      cmocka_unit_test(test_later_generation_is_newer_whatever_its_step),
       cmocka_unit_test(test_two_writers_of_one_key_leave_one_copy),
       cmocka_unit_test(test_full_store_says_so),
       cmocka_unit_test(test_delete_and_list_by_job),

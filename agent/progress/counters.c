@@ -23,7 +23,8 @@ typedef struct {
 typedef struct {
   uint64_t magic;
   uint64_t slots;
-  uint64_t pad[6];
+  _Atomic uint64_t world_generation; /* the agent's newest world */
+  uint64_t pad[5];
   entry entries[];
 } region;
 
@@ -130,4 +131,12 @@ int tg_counters_read_alive(const tg_counters *c, int slot, uint64_t *alive) {
   if (!c || slot < 0 || slot >= c->slots) return -1;
   *alive = atomic_load_explicit(&c->r->entries[slot].alive, memory_order_relaxed);
   return 0;
+}
+
+void tg_counters_set_world(tg_counters *c, uint64_t generation) {
+  if (c) atomic_store_explicit(&c->r->world_generation, generation, memory_order_release);
+}
+
+uint64_t tg_counters_world(const tg_counters *c) {
+  return c ? atomic_load_explicit(&c->r->world_generation, memory_order_acquire) : 0;
 }

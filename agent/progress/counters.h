@@ -14,7 +14,9 @@
  * reader may see the generation of one store and the sequence of the
  * next, which at worst delays an update by one read. The region is
  * validated when opened (magic, slot count, size), and a trainer can
- * write only numbers into it. */
+ * write only numbers into it. The region also carries the agent's newest
+ * world generation (tg_counters_world), so a trainer learns that its world
+ * is gone without a call to the agent. */
 #ifndef TG_PROGRESS_COUNTERS_H
 #define TG_PROGRESS_COUNTERS_H
 
@@ -57,5 +59,14 @@ int tg_counters_read_alive(const tg_counters *c, int slot, uint64_t *alive);
 /* The last collective the trainer in `slot` entered: 0 with *generation
  * and *seq, or -1 for a slot out of range. */
 int tg_counters_read(const tg_counters *c, int slot, uint64_t *generation, uint64_t *seq);
+
+/* The newest world generation the agent knows for this node: the agent
+ * stores it when a world arrives (and stores it again every few
+ * milliseconds, so a trainer that wrote over it is corrected at once);
+ * libtardigrade reads it to abandon at once a communicator, or one being
+ * built, of an older world, instead of waiting for its deadline. 0: none
+ * yet, or c NULL. */
+void tg_counters_set_world(tg_counters *c, uint64_t generation);
+uint64_t tg_counters_world(const tg_counters *c);
 
 #endif

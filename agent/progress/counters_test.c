@@ -39,6 +39,11 @@ static void test_enter_then_read(void **state) {
   tg_counters_alive(trainer, 1);
   assert_int_equal(tg_counters_read_alive(agent, 1, &alive), 0);
   assert_true(alive == 2);
+  /* The agent's newest world, as the trainer sees it. */
+  assert_true(tg_counters_world(trainer) == 0);
+  tg_counters_set_world(agent, 12);
+  assert_true(tg_counters_world(trainer) == 12);
+  assert_true(tg_counters_world(NULL) == 0);
   tg_counters_close(trainer);
   tg_counters_close(agent);
   assert_int_equal(tg_counters_unlink(name), 0);

@@ -34,35 +34,6 @@ struct tg_comm {
   atomic_uint_fast64_t entered;
 };
 
-tg_comm_code tg_comm_status_set(tg_comm_status *st, tg_comm_code code, const char *fmt, ...) {
-  if (st) {
-    va_list ap;
-    va_start(ap, fmt);
-    st->code = code;
-    vsnprintf(st->message, sizeof st->message, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
-
-const char *tg_comm_code_name(tg_comm_code code) {
-  switch (code) {
-    case TG_COMM_OK: return "OK";
-    case TG_COMM_TIMEOUT: return "TIMEOUT";
-    case TG_COMM_ABORTED: return "ABORTED";
-    case TG_COMM_ERROR: return "ERROR";
-  }
-  return "UNKNOWN";
-}
-
-size_t tg_comm_dtype_size(tg_comm_dtype dtype) {
-  switch (dtype) {
-    case TG_COMM_FLOAT32: return 4;
-    case TG_COMM_INT64: return 8;
-  }
-  return 0;
-}
-
 static const tg_comm_backend_ops *backend_ops(tg_comm_backend backend) {
   switch (backend) {
     case TG_COMM_GLOO: return &tg_comm_gloo_ops;

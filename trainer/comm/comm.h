@@ -86,6 +86,12 @@ typedef struct {
   /* Bound on creation (rendezvous + connecting). 0: 30000. gloo may take
    * up to twice this when a peer dies half-way through connecting. */
   int64_t connect_timeout_ms;
+
+  /* Optional: polled (on the creating thread) while creation waits for
+   * peers; nonzero gives up at once with ABORTED. For "a newer world
+   * exists": a member of this one may never arrive. */
+  int (*cancelled)(void *user);
+  void *cancel_user;
 } tg_comm_config;
 
 /* Joins the world described by cfg; every rank of it must call this. NULL

@@ -73,6 +73,11 @@ struct StoreTimeout : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The creator gave up on this world (tg_comm_config.cancelled).
+struct StoreCancelled : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // gloo's own timeouts say "Timed out ..." or "... timeout ...".
 bool LooksLikeTimeout(const char* what) {
   return strcasestr(what, "timed out") != nullptr || strcasestr(what, "timeout") != nullptr;
@@ -86,6 +91,8 @@ tg_comm_code Guarded(tg_comm_status* st, F&& body) {
     return tg_comm_status_set(st, TG_COMM_OK, "OK");
   } catch (const StoreTimeout& e) {
     return tg_comm_status_set(st, TG_COMM_TIMEOUT, "%s", e.what());
+  } catch (const StoreCancelled& e) {
+    return tg_comm_status_set(st, TG_COMM_ABORTED, "%s", e.what());
   } catch (const std::exception& e) {
     return tg_comm_status_set(st, LooksLikeTimeout(e.what()) ? TG_COMM_TIMEOUT : TG_COMM_ERROR,
                               "%s", e.what());
@@ -102,12 +109,15 @@ using EtcdPtr = std::unique_ptr<tg_etcd, EtcdCloser>;
 // gloo's Store on etcd, under one generation's prefix, with one deadline.
 class EtcdStore : public gloo::rendezvous::Store {
  public:
-  EtcdStore(tg_etcd* etcd, std::string prefix, int64_t generation, Clock::time_point deadline)
+  EtcdStore(tg_etcd* etcd, std::string prefix, int64_t generation, Clock::time_point deadline,
+            const tg_comm_config* cfg)
       : etcd_(etcd),
         prefix_(std::move(prefix)),
         generation_(generation),
         header_("gen=" + std::to_string(generation) + "\n"),
-        deadline_(deadline) {}
+        deadline_(deadline),
+        cancelled_(cfg->cancelled),
+        cancel_user_(cfg->cancel_user) {}
 
   void set(const std::string& key, const std::vector<char>& data) override {
     std::string value = header_;
@@ -141,6 +151,8 @@ class EtcdStore : public gloo::rendezvous::Store {
     std::string last_error = "not written yet";
     for (;;) {
       if (TryGet(full, out, &last_error)) return;
+      if (cancelled_ && cancelled_(cancel_user_))
+        throw StoreCancelled("rendezvous: given up waiting for " + full + ": a newer world exists");
       if (Clock::now() + pause >= deadline_)
         throw StoreTimeout("rendezvous: " + full + " did not appear before the deadline (" +
                            last_error + "): a rank of this world did not arrive");
@@ -174,6 +186,8 @@ class EtcdStore : public gloo::rendezvous::Store {
   const int64_t generation_;
   const std::string header_;
   const Clock::time_point deadline_;
+  int (*const cancelled_)(void*);
+  void* const cancel_user_;
 };
 
 // Element-wise sums handed to gloo. int64 adds as uint64: exact, wraps
@@ -239,7 +253,7 @@ tg_comm_code GlooOpen(const tg_comm_config* cfg, int64_t connect_timeout_ms, tg_
     tg_rpc_status est{};
     EtcdPtr etcd(tg_etcd_open(&ec, &est));
     if (!etcd) throw gloo::IoException(std::string("etcd open: ") + est.message);
-    EtcdStore store(etcd.get(), cfg->store_prefix, cfg->generation, deadline);
+    EtcdStore store(etcd.get(), cfg->store_prefix, cfg->generation, deadline, cfg);
 
     gloo::transport::tcp::attr attr;
     attr.hostname = cfg->host ? cfg->host : "127.0.0.1";

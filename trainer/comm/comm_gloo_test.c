@@ -350,6 +350,37 @@ static void test_missing_rank_times_out(void **state) {
   }
 }
 
+/* A world one member of which will never come (the coordinator already
+ * replaced it): creation gives up as soon as `cancelled` says so, long
+ * before its connect timeout. */
+static int cancel_after_200ms(void *user) { return now_ms() >= *(const int64_t *)user; }
+
+static void test_creation_cancelled(void **state) {
+  (void)state;
+  char prefix[256];
+  prefix_for(prefix, sizeof prefix, "cancelled", 1);
+  int64_t t0 = now_ms(), give_up = t0 + 200;
+  tg_comm_config cfg = {
+      .backend = TG_COMM_GLOO,
+      .rank = 0,
+      .world_size = 2,
+      .generation = 1,
+      .store_address = tg_etcd_cluster_endpoints(cluster),
+      .store_prefix = prefix,
+      .connect_timeout_ms = 20000,
+      .cancelled = cancel_after_200ms,
+      .cancel_user = &give_up,
+  };
+  tg_comm_status st = {0};
+  tg_comm *c = tg_comm_create(&cfg, &st);
+  int64_t elapsed = now_ms() - t0;
+  printf("cancelled after %" PRId64 " ms: %s\n", elapsed, st.message);
+  assert_null(c);
+  assert_int_equal(st.code, TG_COMM_ABORTED);
+  assert_non_null(strstr(st.message, "a newer world exists"));
+  assert_true(elapsed >= 200 && elapsed < 5000);
+}
+
 /* ----------------------------------------------------- abort, re-form */
 
 /* Ranks 0-2 wait in an all_reduce that rank 3 never enters. The main
@@ -531,6 +562,7 @@ int main(void) {
       cmocka_unit_test(test_arguments_and_world_of_one),
       cmocka_unit_test(test_collectives_exact),
       cmocka_unit_test(test_missing_rank_times_out),
+      cmocka_unit_test(test_creation_cancelled),
       cmocka_unit_test(test_abort_then_reform),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -161,8 +161,8 @@ static tg_comm_code unique_id(const tg_comm_config *cfg, int64_t deadline_ms, nc
       return tg_comm_status_set(st, TG_COMM_ERROR, "ncclGetUniqueId: %s", ncclGetErrorString(r));
     code = tg_comm_store_publish(cfg->store_address, key, id->internal, sizeof id->internal, deadline_ms, &sst);
   } else {
-    code = tg_comm_store_await(cfg->store_address, key, id->internal, sizeof id->internal, deadline_ms, NULL,
-                               &sst);
+    code = tg_comm_store_await(cfg->store_address, key, id->internal, sizeof id->internal, deadline_ms,
+                               cfg->cancelled, cfg->cancel_user, &sst);
   }
   if (code != TG_COMM_OK) return tg_comm_status_set(st, code, "unique id: %s", sst.message);
   return TG_COMM_OK;

@@ -15,29 +15,15 @@
 #include "trainer/comm/store_bytes.h"
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "common/etcd/etcd.h"
+#include "trainer/comm/comm_backend.h"
 
 #define POLL_MIN_MS 1
 #define POLL_MAX_MS 50
-
-/* Like comm.c's tg_comm_status_set; this library sits below comm.c. */
-static tg_comm_code set_status(tg_comm_status *st, tg_comm_code code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static tg_comm_code set_status(tg_comm_status *st, tg_comm_code code, const char *fmt, ...) {
-  if (st) {
-    va_list ap;
-    va_start(ap, fmt);
-    st->code = code;
-    vsnprintf(st->message, sizeof st->message, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -53,22 +39,22 @@ static void sleep_ms(int64_t ms) {
 static tg_etcd *open_store(const char *endpoints, int64_t deadline_ms, tg_comm_status *st) {
   int64_t left = deadline_ms - now_ms();
   if (left <= 0) {
-    set_status(st, TG_COMM_TIMEOUT, "deadline passed before the store was reached");
+    tg_comm_status_set(st, TG_COMM_TIMEOUT, "deadline passed before the store was reached");
     return NULL;
   }
   tg_etcd_config ec = {.endpoints = endpoints, .request_timeout_ms = left < 5000 ? left : 5000};
   tg_rpc_status est = {0};
   tg_etcd *e = tg_etcd_open(&ec, &est);
-  if (!e) set_status(st, TG_COMM_ERROR, "store %s: %s", endpoints, est.message);
+  if (!e) tg_comm_status_set(st, TG_COMM_ERROR, "store %s: %s", endpoints, est.message);
   return e;
 }
 
 static tg_comm_code check_args(const char *endpoints, const char *key, const void *bytes, size_t len,
                                tg_comm_status *st) {
   if (!endpoints || !*endpoints || !key || !*key || !bytes)
-    return set_status(st, TG_COMM_ERROR, "store bytes: endpoints, key and buffer are required");
+    return tg_comm_status_set(st, TG_COMM_ERROR, "store bytes: endpoints, key and buffer are required");
   if (len == 0 || len > TG_COMM_STORE_BYTES_MAX)
-    return set_status(st, TG_COMM_ERROR, "store bytes: %zu bytes (1 to %d)", len, TG_COMM_STORE_BYTES_MAX);
+    return tg_comm_status_set(st, TG_COMM_ERROR, "store bytes: %zu bytes (1 to %d)", len, TG_COMM_STORE_BYTES_MAX);
   return TG_COMM_OK;
 }
 
@@ -82,25 +68,25 @@ tg_comm_code tg_comm_store_publish(const char *endpoints, const char *key, const
   code = TG_COMM_ERROR;
   if (!txn || tg_etcd_txn_cmp_version(txn, key, TG_ETCD_EQ, 0) != 0 ||
       tg_etcd_txn_put(txn, TG_ETCD_THEN, key, bytes, len, 0) != 0) {
-    set_status(st, TG_COMM_ERROR, "store publish %s: out of memory", key);
+    tg_comm_status_set(st, TG_COMM_ERROR, "store publish %s: out of memory", key);
     goto out;
   }
   tg_etcd_txn_result res = {0};
   tg_rpc_status est = {0};
   if (tg_etcd_txn_commit(e, txn, &res, &est) != TG_RPC_OK) {
-    code = set_status(st, est.code == TG_RPC_DEADLINE_EXCEEDED ? TG_COMM_TIMEOUT : TG_COMM_ERROR,
+    code = tg_comm_status_set(st, est.code == TG_RPC_DEADLINE_EXCEEDED ? TG_COMM_TIMEOUT : TG_COMM_ERROR,
                               "store publish %s: %s: %s", key, tg_rpc_code_name(est.code), est.message);
     goto out;
   }
   int succeeded = res.succeeded;
   tg_etcd_txn_result_free(&res);
   if (!succeeded) {
-    code = set_status(st, TG_COMM_ERROR,
+    code = tg_comm_status_set(st, TG_COMM_ERROR,
                               "store publish %s: a value is already there (two publishers in one generation?)",
                               key);
     goto out;
   }
-  code = set_status(st, TG_COMM_OK, "OK");
+  code = tg_comm_status_set(st, TG_COMM_OK, "OK");
 out:
   tg_etcd_txn_free(txn);
   tg_etcd_close(e);
@@ -108,7 +94,8 @@ out:
 }
 
 tg_comm_code tg_comm_store_await(const char *endpoints, const char *key, void *bytes, size_t len,
-                                 int64_t deadline_ms, const atomic_int *abort_flag, tg_comm_status *st) {
+                                 int64_t deadline_ms, int (*cancelled)(void *), void *cancel_user,
+                                 tg_comm_status *st) {
   tg_comm_code code = check_args(endpoints, key, bytes, len, st);
   if (code != TG_COMM_OK) return code;
   tg_etcd *e = open_store(endpoints, deadline_ms, st);
@@ -123,8 +110,8 @@ tg_comm_code tg_comm_store_await(const char *endpoints, const char *key, void *b
         size_t got = r.kvs[0].value_len;
         if (got == len) memcpy(bytes, r.kvs[0].value, len);
         tg_etcd_range_result_free(&r);
-        code = got == len ? set_status(st, TG_COMM_OK, "OK")
-                          : set_status(st, TG_COMM_ERROR, "store await %s: %zu bytes, expected %zu",
+        code = got == len ? tg_comm_status_set(st, TG_COMM_OK, "OK")
+                          : tg_comm_status_set(st, TG_COMM_ERROR, "store await %s: %zu bytes, expected %zu",
                                                key, got, len);
         break;
       }
@@ -133,13 +120,13 @@ tg_comm_code tg_comm_store_await(const char *endpoints, const char *key, void *b
       snprintf(last_error, sizeof last_error, "; last store error: %s: %s", tg_rpc_code_name(est.code),
                est.message);
     }
-    if (abort_flag && atomic_load(abort_flag)) {
-      code = set_status(st, TG_COMM_ABORTED, "store await %s: aborted", key);
+    if (cancelled && cancelled(cancel_user)) {
+      code = tg_comm_status_set(st, TG_COMM_ABORTED, "store await %s: aborted", key);
       break;
     }
     int64_t left = deadline_ms - now_ms();
     if (left <= 0) {
-      code = set_status(st, TG_COMM_TIMEOUT, "store await %s: nothing published before the deadline%s",
+      code = tg_comm_status_set(st, TG_COMM_TIMEOUT, "store await %s: nothing published before the deadline%s",
                                 key, last_error);
       break;
     }

@@ -6,11 +6,10 @@
  * never swapped under ranks that already read the first. Awaiting returns
  * the value once it is there with exactly `len` bytes (ERROR for another
  * length), TIMEOUT at deadline_ms (CLOCK_MONOTONIC milliseconds), ABORTED
- * once *abort_flag is set (it may be NULL). */
+ * once cancelled(cancel_user) returns nonzero (cancelled may be NULL). */
 #ifndef TG_TRAINER_COMM_STORE_BYTES_H
 #define TG_TRAINER_COMM_STORE_BYTES_H
 
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +20,7 @@
 tg_comm_code tg_comm_store_publish(const char *endpoints, const char *key, const void *bytes, size_t len,
                                    int64_t deadline_ms, tg_comm_status *st);
 tg_comm_code tg_comm_store_await(const char *endpoints, const char *key, void *bytes, size_t len,
-                                 int64_t deadline_ms, const atomic_int *abort_flag, tg_comm_status *st);
+                                 int64_t deadline_ms, int (*cancelled)(void *), void *cancel_user,
+                                 tg_comm_status *st);
 
 #endif

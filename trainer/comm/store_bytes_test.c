@@ -2,8 +2,8 @@
  * a real etcd: rank 0 publishes, the other ranks (threads here) wait and
  * all read the same bytes, whichever arrives first; a second publish for
  * one key is refused and does not change the value; a missing value times
- * out at the deadline; a value of the wrong size is refused; an abort flag
- * stops a wait; bad arguments fail cleanly. */
+ * out at the deadline; a value of the wrong size is refused; a cancel
+ * callback stops a wait; bad arguments fail cleanly. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -46,7 +46,7 @@ typedef struct {
 static void *read_main(void *arg) {
   reader *r = arg;
   r->code = tg_comm_store_await(tg_etcd_cluster_endpoints(cluster), r->key, r->got, sizeof r->got,
-                                now_ms() + 10000, NULL, &r->st);
+                                now_ms() + 10000, NULL, NULL, &r->st);
   return NULL;
 }
 
@@ -79,7 +79,7 @@ static void test_readers_get_what_rank_0_published(void **state) {
   /* A late reader gets it at once. */
   uint8_t late[ID_BYTES];
   assert_int_equal(tg_comm_store_await(tg_etcd_cluster_endpoints(cluster), key, late, sizeof late,
-                                       now_ms() + 2000, NULL, &st),
+                                       now_ms() + 2000, NULL, NULL, &st),
                    TG_COMM_OK);
   assert_memory_equal(late, id, sizeof id);
 
@@ -91,7 +91,7 @@ static void test_readers_get_what_rank_0_published(void **state) {
                    TG_COMM_ERROR);
   assert_non_null(strstr(st.message, "already there"));
   assert_int_equal(tg_comm_store_await(tg_etcd_cluster_endpoints(cluster), key, late, sizeof late,
-                                       now_ms() + 2000, NULL, &st),
+                                       now_ms() + 2000, NULL, NULL, &st),
                    TG_COMM_OK);
   assert_memory_equal(late, id, sizeof id);
 }
@@ -104,10 +104,15 @@ static void test_nothing_published_times_out(void **state) {
   tg_comm_status st = {0};
   int64_t t0 = now_ms();
   assert_int_equal(tg_comm_store_await(tg_etcd_cluster_endpoints(cluster), key, got, sizeof got, t0 + 300,
-                                       NULL, &st),
+                                       NULL, NULL, &st),
                    TG_COMM_TIMEOUT);
   assert_true(now_ms() - t0 >= 300);
   assert_non_null(strstr(st.message, "before the deadline"));
+}
+
+static int cancel_after_three(void *user) {
+  int *calls = user;
+  return ++*calls >= 3;
 }
 
 static void test_abort_stops_a_wait(void **state) {
@@ -116,10 +121,13 @@ static void test_abort_stops_a_wait(void **state) {
   unique_key(key, sizeof key, "nccl-id");
   uint8_t got[ID_BYTES];
   tg_comm_status st = {0};
-  atomic_int abort_flag = 1;
+  int calls = 0;
+  int64_t t0 = now_ms();
   assert_int_equal(tg_comm_store_await(tg_etcd_cluster_endpoints(cluster), key, got, sizeof got,
-                                       now_ms() + 10000, &abort_flag, &st),
+                                       now_ms() + 10000, cancel_after_three, &calls, &st),
                    TG_COMM_ABORTED);
+  assert_int_equal(calls, 3);
+  assert_true(now_ms() - t0 < 5000);
 }
 
 static void test_wrong_sizes_and_bad_arguments(void **state) {
@@ -131,20 +139,20 @@ static void test_wrong_sizes_and_bad_arguments(void **state) {
   tg_comm_status st = {0};
   /* A value of another size (a corrupt or foreign key) is never taken. */
   assert_int_equal(tg_comm_store_publish(ep, key, small, sizeof small, now_ms() + 5000, &st), TG_COMM_OK);
-  assert_int_equal(tg_comm_store_await(ep, key, got, sizeof got, now_ms() + 2000, NULL, &st), TG_COMM_ERROR);
+  assert_int_equal(tg_comm_store_await(ep, key, got, sizeof got, now_ms() + 2000, NULL, NULL, &st), TG_COMM_ERROR);
   assert_non_null(strstr(st.message, "16 bytes, expected 128"));
 
   static uint8_t huge[TG_COMM_STORE_BYTES_MAX + 1];
   assert_int_equal(tg_comm_store_publish(ep, key, huge, sizeof huge, now_ms() + 1000, &st), TG_COMM_ERROR);
   assert_int_equal(tg_comm_store_publish(ep, key, got, 0, now_ms() + 1000, &st), TG_COMM_ERROR);
   assert_int_equal(tg_comm_store_publish(NULL, key, got, 1, now_ms() + 1000, &st), TG_COMM_ERROR);
-  assert_int_equal(tg_comm_store_await(ep, "", got, 1, now_ms() + 1000, NULL, &st), TG_COMM_ERROR);
-  assert_int_equal(tg_comm_store_await(ep, key, NULL, 1, now_ms() + 1000, NULL, &st), TG_COMM_ERROR);
+  assert_int_equal(tg_comm_store_await(ep, "", got, 1, now_ms() + 1000, NULL, NULL, &st), TG_COMM_ERROR);
+  assert_int_equal(tg_comm_store_await(ep, key, NULL, 1, now_ms() + 1000, NULL, NULL, &st), TG_COMM_ERROR);
   /* A deadline already passed: no store call at all. */
   assert_int_equal(tg_comm_store_publish(ep, key, got, 1, now_ms() - 1, &st), TG_COMM_TIMEOUT);
   /* No store there: an error or a timeout, bounded by the deadline. */
   int64_t t0 = now_ms();
-  tg_comm_code code = tg_comm_store_await("127.0.0.1:1", key, got, sizeof got, t0 + 500, NULL, &st);
+  tg_comm_code code = tg_comm_store_await("127.0.0.1:1", key, got, sizeof got, t0 + 500, NULL, NULL, &st);
   assert_true(code == TG_COMM_TIMEOUT || code == TG_COMM_ERROR);
   assert_true(now_ms() - t0 < 6000);
 }

@@ -36,15 +36,43 @@ tg_result tg_lib_fail(tg_trainer *t, const char *fmt, ...) {
 
 const char *tg_last_error(const tg_trainer *t) { return t->error; }
 
+static void abandon_old_world(tg_trainer *t);
+
 /* Advances this slot's alive counter until tg_free: it stops only when
  * the whole process does. */
 static void *alive_main(void *arg) {
   tg_trainer *t = arg;
   while (!atomic_load(&t->alive_stop)) {
     tg_counters_alive(t->counters, (int)t->slot);
+    abandon_old_world(t);
     tg_clock_sleep_ms(TG_COUNTERS_ALIVE_MS);
   }
   return NULL;
+}
+
+/* Whether the agent already knows a world newer than `generation`. */
+static int newer_world(const tg_trainer *t, uint64_t generation) {
+  return t->counters && tg_counters_world(t->counters) > generation;
+}
+
+/* A collective of a world the agent has replaced cannot complete (a
+ * member is gone, or leaves it for the new world): abort it now rather
+ * than at its deadline, so the survivor re-joins at once. The alive
+ * thread checks every TG_COUNTERS_ALIVE_MS. */
+static void abandon_old_world(tg_trainer *t) {
+  pthread_mutex_lock(&t->comm_mu);
+  if (t->comm && !t->comm_abandoned && newer_world(t, (uint64_t)tg_comm_generation(t->comm))) {
+    tg_comm_abort(t->comm);
+    t->comm_abandoned = 1;
+  }
+  pthread_mutex_unlock(&t->comm_mu);
+}
+
+/* tg_comm_config.cancelled while this rank builds a communicator: a
+ * world the agent has already replaced may miss a member for good. */
+static int joining_cancelled(void *user) {
+  const tg_trainer *t = user;
+  return newer_world(t, t->joining_generation);
 }
 
 tg_trainer *tg_init(void) {
@@ -56,6 +84,7 @@ tg_trainer *tg_init(void) {
   }
   tg_trainer *t = calloc(1, sizeof *t);
   if (!t) return NULL;
+  pthread_mutex_init(&t->comm_mu, NULL);
   snprintf(t->job, sizeof t->job, "%s", job && *job ? job : "default");
   t->slot = (uint32_t)atoi(slot);
   const char *backend = getenv("TG_COMM_BACKEND"), *device = getenv("TG_CUDA_DEVICE");
@@ -66,7 +95,7 @@ tg_trainer *tg_init(void) {
     t->cuda_device = device && *device ? atoi(device) : (int)t->slot;
   } else if (backend && *backend && strcmp(backend, "gloo") != 0) {
     fprintf(stderr, "tardigrade: TG_COMM_BACKEND=%s: expected gloo or nccl\n", backend);
-    free(t);
+    tg_free(t);
     return NULL;
   }
   char target[300], err[256];
@@ -87,24 +116,27 @@ tg_trainer *tg_init(void) {
 
 void tg_free(tg_trainer *t) {
   if (!t) return;
-  tg_comm_free(t->comm);
-  tg_lib_forget_restore(t);
-  tg_ckpt_store_close(t->store);
-  if (t->alive_started) {
+  if (t->alive_started) { /* first: it may abort the communicator */
     atomic_store(&t->alive_stop, 1);
     pthread_join(t->alive_thread, NULL);
   }
+  tg_comm_free(t->comm);
+  tg_lib_forget_restore(t);
+  tg_ckpt_store_close(t->store);
   tg_counters_close(t->counters);
+  pthread_mutex_destroy(&t->comm_mu);
   if (t->agent) tg_rpc_channel_free(t->agent);
   free(t);
 }
 
 tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
+  pthread_mutex_lock(&t->comm_mu);
   if (t->comm) {
     tg_comm_abort(t->comm);
     tg_comm_free(t->comm);
     t->comm = NULL;
   }
+  pthread_mutex_unlock(&t->comm_mu);
   tg_lib_forget_restore(t);
   Tardigrade__V1__JoinRequest req = TARDIGRADE__V1__JOIN_REQUEST__INIT;
   req.slot = t->slot;
@@ -136,8 +168,15 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
                        .store_prefix = r->world->store_prefix,
                        .host = "127.0.0.1",
                        .connect_timeout_ms = 20000};
+  cc.cancelled = joining_cancelled;
+  cc.cancel_user = t;
+  t->joining_generation = r->world->generation;
   tg_comm_status cs = {0};
-  t->comm = tg_comm_create(&cc, &cs);
+  tg_comm *comm = tg_comm_create(&cc, &cs);
+  pthread_mutex_lock(&t->comm_mu);
+  t->comm = comm;
+  t->comm_abandoned = 0;
+  pthread_mutex_unlock(&t->comm_mu);
   protobuf_c_message_free_unpacked(m, NULL);
   if (!t->comm) {
     /* The world may already be gone (a peer failed while forming it). */
