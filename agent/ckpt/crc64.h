@@ -11,7 +11,9 @@
  * and Go's crc64.ECMA table): polynomial 0x42F0E1EBA9EA3693 (ECMA-182),
  * reflected input and output, initial value and final xor all ones. Check
  * value: tg_crc64_update(0, "123456789", 9) == 0x995DC9BBDF1939FA.
- * Implemented slice-by-8 (eight bytes per table round). */
+ * On x86-64 CPUs with PCLMULQDQ long buffers are folded with carry-less
+ * multiplication; elsewhere, and for short buffers, slice-by-8 tables.
+ * Both give the same value for every input. */
 #ifndef TG_CKPT_CRC64_H
 #define TG_CKPT_CRC64_H
 
@@ -21,5 +23,20 @@
 /* Continues a checksum: start with crc = 0; feeding a buffer in pieces
  * gives the same result as feeding it whole. Thread-safe. */
 uint64_t tg_crc64_update(uint64_t crc, const void *data, size_t len);
+
+/* ---- For tests and benchmarks only; production code calls the above. ---- */
+
+/* The implementation tg_crc64_update uses for long buffers in this
+ * process: "pclmul" or "slice-by-8". */
+const char *tg_crc64_implementation(void);
+
+/* tg_crc64_update on the portable slice-by-8 path alone, whatever the CPU. */
+uint64_t tg_crc64_update_slice8(uint64_t crc, const void *data, size_t len);
+
+/* The carry-less folding's constants, bit-reflected like the CRC itself:
+ * for a fold over `lanes` 16-byte lanes (1..8), half 0 is x^(128*lanes+63)
+ * mod P and half 1 is x^(128*lanes-1) mod P. 0 for arguments out of range.
+ * Computed on every platform, used only where PCLMULQDQ is. */
+uint64_t tg_crc64_fold_constant(int lanes, int half);
 
 #endif
