@@ -1,0 +1,163 @@
+/* tg-chaos end to end: the real binary runs two small scenarios on real
+ * processes (etcd, tg-coordinator, tg-agents, tg-train), and its exit
+ * status and JSON report are checked. One scenario must pass (a trainer
+ * killed: detected, culprit named, recovered, at most one step lost); the
+ * other must fail on purpose (every memory copy of a shard lost: the job
+ * resumes from disk and the "no committed step lost" invariant reports
+ * the loss), which shows the checks can fail. Logs of each run are kept
+ * in $TEST_UNDECLARED_OUTPUTS_DIR when Bazel provides it. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include <cjson/cJSON.h>
+#include <cmocka.h>
+
+#include "tests/harness/proc.h"
+
+#define RUN_TIMEOUT_MS 300000
+#define OUTPUT_BYTES (256 << 10)
+
+static char tmp[512];
+static char output[OUTPUT_BYTES];
+
+/* Runs tg-chaos with args; returns its exit status (-1 if it did not end). */
+static int tg_chaos(const char *const *args) {
+  const char *argv[16] = {"chaos/tg-chaos"};
+  int n = 1;
+  for (int i = 0; args[i] && n < 15; i++) argv[n++] = args[i];
+  argv[n] = NULL;
+  int status;
+  if (tg_proc_run(argv, NULL, RUN_TIMEOUT_MS, output, sizeof output, &status) != 0) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Runs a scenario of testdata/ and returns its parsed report. */
+static cJSON *run_scenario(const char *name, int want_exit) {
+  char scenario[256], report[700], logs[700];
+  snprintf(scenario, sizeof scenario, "chaos/testdata/%s.json", name);
+  snprintf(report, sizeof report, "%s/%s-report.json", tmp, name);
+  const char *outputs = getenv("TEST_UNDECLARED_OUTPUTS_DIR");
+  snprintf(logs, sizeof logs, "%s/%s-logs", outputs && *outputs ? outputs : tmp, name);
+  const char *args[] = {"run", scenario, "--out", report, "--keep-logs", logs, NULL};
+  int rc = tg_chaos(args);
+  if (rc != want_exit) {
+    fprintf(stderr, "%s\n", output);
+    fail_msg("tg-chaos run %s exited %d, expected %d", name, rc, want_exit);
+  }
+  FILE *f = fopen(report, "rb");
+  if (!f) fail_msg("no report %s", report);
+  static char text[1 << 20];
+  size_t len = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  text[len] = '\0';
+  cJSON *j = cJSON_Parse(text);
+  if (!j) fail_msg("the report is not JSON: %.500s", text);
+  return j;
+}
+
+static const cJSON *get(const cJSON *o, const char *key) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!v) fail_msg("the report has no \"%s\"", key);
+  return v;
+}
+
+static const cJSON *invariant(const cJSON *report, const char *name) {
+  const cJSON *inv;
+  cJSON_ArrayForEach(inv, get(report, "invariants")) {
+    if (strcmp(get(inv, "name")->valuestring, name) == 0) return inv;
+  }
+  fail_msg("no invariant %s in the report", name);
+  return NULL;
+}
+
+/* A trainer SIGKILLed on 2 agents x 2 slots: detected by the coordinator
+ * with the culprit named, recovered from memory, at most one step lost,
+ * and every invariant holds. */
+static void test_trainer_crash(void **state) {
+  (void)state;
+  cJSON *r = run_scenario("trainer_crash_small", 0);
+  const cJSON *faults = get(r, "faults");
+  assert_int_equal(cJSON_GetArraySize(faults), 1);
+  const cJSON *f = cJSON_GetArrayItem(faults, 0);
+  assert_string_equal(get(f, "kind")->valuestring, "trainer_crash");
+  assert_string_equal(get(f, "outcome")->valuestring, "recovered");
+  const cJSON *det = get(f, "detected"), *rec = get(f, "recovered");
+  if (!cJSON_IsObject(det) || !cJSON_IsObject(rec)) fail_msg("no detection or recovery recorded");
+  double injected = get(f, "injected_unix_ms")->valuedouble;
+  assert_true(get(det, "unix_ms")->valuedouble >= injected - 50);
+  assert_true(get(rec, "unix_ms")->valuedouble >= get(det, "unix_ms")->valuedouble);
+  assert_string_equal(get(det, "source")->valuestring, "fault_log");
+  assert_string_equal(get(det, "kind")->valuestring, "TRAINER_EXIT");
+  assert_string_equal(get(det, "node")->valuestring, "n1");
+  assert_true(cJSON_IsTrue(get(det, "culprit_ok")));
+  assert_true(get(f, "steps_lost")->valuedouble <= 1);
+  assert_true(get(f, "generation_after")->valuedouble > get(f, "generation_before")->valuedouble);
+  assert_int_equal((int)get(f, "world_size_after")->valuedouble, 4);
+  const cJSON *inv;
+  cJSON_ArrayForEach(inv, get(r, "invariants")) {
+    if (!cJSON_IsTrue(get(inv, "pass")))
+      fail_msg("%s failed: %s", get(inv, "name")->valuestring, get(inv, "detail")->valuestring);
+  }
+  assert_int_equal((int)get(r, "exit_code")->valuedouble, 0);
+  cJSON_Delete(r);
+}
+
+/* The nodes at ring positions 1 and 2 lost at once on 4 agents x 2: the
+ * job resumes from disk, and the report says the committed steps lost. */
+static void test_lose_all_copies_fails_the_invariant(void **state) {
+  (void)state;
+  cJSON *r = run_scenario("lose_all_copies_small", 1);
+  const cJSON *f = cJSON_GetArrayItem(get(r, "faults"), 0);
+  assert_non_null(f);
+  assert_string_equal(get(f, "outcome")->valuestring, "recovered");
+  assert_true(cJSON_IsTrue(get(f, "resumed_from_disk")));
+  assert_true(get(f, "committed_steps_lost")->valuedouble > 0);
+  const cJSON *inv = invariant(r, "no_committed_step_lost");
+  assert_false(cJSON_IsTrue(get(inv, "pass")));
+  if (!strstr(get(inv, "detail")->valuestring, "resumed from disk"))
+    fail_msg("detail: %s", get(inv, "detail")->valuestring);
+  assert_true(cJSON_IsTrue(get(invariant(r, "final_parameters_match_reference"), "pass")));
+  assert_true(cJSON_IsTrue(get(invariant(r, "one_world_per_generation"), "pass")));
+  cJSON_Delete(r);
+}
+
+static void test_help_and_bad_input(void **state) {
+  (void)state;
+  const char *help[] = {"--help", NULL};
+  assert_int_equal(tg_chaos(help), 0);
+  assert_non_null(strstr(output, "usage: tg-chaos run SCENARIO.json"));
+  const char *none[] = {NULL};
+  assert_int_equal(tg_chaos(none), 2);
+  char path[700];
+  snprintf(path, sizeof path, "%s/bad.json", tmp);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs("{\"name\": \"bad\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 50},"
+        " \"faults\": [{\"at_step\": 5, \"kind\": \"nic_down\"}]}", f);
+  fclose(f);
+  const char *bad[] = {"run", path, NULL};
+  assert_int_equal(tg_chaos(bad), 2);
+  assert_non_null(strstr(output, "faults[0].kind: kind \"nic_down\" is not supported yet"));
+  const char *check[] = {"check", "chaos/testdata/trainer_crash_small.json", NULL};
+  assert_int_equal(tg_chaos(check), 0);
+}
+
+int main(void) {
+  if (tg_proc_temp_dir("chaos", tmp, sizeof tmp) != 0) return 1;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_help_and_bad_input),
+      cmocka_unit_test(test_trainer_crash),
+      cmocka_unit_test(test_lose_all_copies_fails_the_invariant),
+  };
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  const char *rm[] = {"rm", "-rf", tmp, NULL};
+  int status;
+  tg_proc_run(rm, NULL, 10000, NULL, 0, &status);
+  return rc;
+}

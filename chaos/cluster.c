@@ -1,0 +1,284 @@
+/* The local cluster tg-chaos drives; see cluster.h. Command lines are
+ * built here once, so a restarted agent or coordinator is started exactly
+ * as the first time (same node id, ports, directories): that is what makes
+ * it "the same node" or "the same coordinator" to the rest of the job. */
+#include "chaos/cluster.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent/ckpt/store.h"
+#include "tests/harness/proc.h"
+
+#define MAX_ARGV 64
+#define STOP_MS 5000
+
+struct tg_chaos_cluster {
+  tg_chaos_cluster_config cfg;
+  tg_chaos_cluster_spec spec;
+  tg_chaos_training_spec training;
+  tg_chaos_bins bins;
+  char job[TG_CKPT_JOB_ID_MAX];
+  char dir[512], etcd[256], params[768];
+  char coordinators[TG_CHAOS_MAX_COORDINATORS * 32];
+  int ports[TG_CHAOS_MAX_COORDINATORS];
+  tg_proc *coord[TG_CHAOS_MAX_COORDINATORS];
+  tg_proc *agent[TG_CHAOS_MAX_NODES];
+  char node_ids[TG_CHAOS_MAX_NODES][16];
+};
+
+static int make_dir(const char *path, char *err, size_t errlen) {
+  if (mkdir(path, 0755) == 0 || errno == EEXIST) return 0;
+  snprintf(err, errlen, "%s: %s", path, strerror(errno));
+  return -1;
+}
+
+tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char *err, size_t errlen) {
+  if (cfg->nodes < 1 || cfg->nodes > TG_CHAOS_MAX_NODES || cfg->coordinators < 1 ||
+      cfg->coordinators > TG_CHAOS_MAX_COORDINATORS) {
+    snprintf(err, errlen, "cluster: %d nodes and %d coordinators are out of range", cfg->nodes, cfg->coordinators);
+    return NULL;
+  }
+  tg_chaos_cluster *c = calloc(1, sizeof *c);
+  if (!c) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  c->cfg = *cfg;
+  c->spec = *cfg->spec;
+  c->training = *cfg->training;
+  c->bins = *cfg->bins;
+  snprintf(c->job, sizeof c->job, "%s", cfg->job);
+  snprintf(c->dir, sizeof c->dir, "%s", cfg->dir);
+  snprintf(c->etcd, sizeof c->etcd, "%s", cfg->etcd_endpoints);
+  snprintf(c->params, sizeof c->params, "%s", cfg->params_out);
+  c->cfg.job = c->job;
+  c->cfg.dir = c->dir;
+  c->cfg.etcd_endpoints = c->etcd;
+  c->cfg.params_out = c->params;
+  c->cfg.spec = &c->spec;
+  c->cfg.training = &c->training;
+  c->cfg.bins = &c->bins;
+  for (int i = 0; i < cfg->nodes; i++) snprintf(c->node_ids[i], sizeof c->node_ids[i], "n%d", i);
+  char path[700];
+  const char *sub[] = {"logs", "sock", "ckpt"};
+  for (size_t i = 0; i < 3; i++) {
+    snprintf(path, sizeof path, "%s/%s", c->dir, sub[i]);
+    if (make_dir(path, err, errlen) != 0) goto err;
+  }
+  /* A unix socket path has 108 bytes at most. */
+  snprintf(path, sizeof path, "%s/sock/n%d.sock", c->dir, cfg->nodes - 1);
+  if (strlen(path) >= 100) {
+    snprintf(err, errlen, "%s: too long for a unix socket; use a shorter temporary directory", path);
+    goto err;
+  }
+  for (int i = 0; i < cfg->coordinators; i++) {
+    c->ports[i] = tg_proc_free_port();
+    if (c->ports[i] <= 0) {
+      snprintf(err, errlen, "no free port for coordinator %d", i);
+      goto err;
+    }
+    snprintf(c->coordinators + strlen(c->coordinators), sizeof c->coordinators - strlen(c->coordinators),
+             "%s127.0.0.1:%d", i ? "," : "", c->ports[i]);
+  }
+  return c;
+err:
+  free(c);
+  return NULL;
+}
+
+static void stop_all(tg_proc **procs, int n) {
+  for (int i = 0; i < n; i++)
+    if (procs[i] && tg_proc_running(procs[i])) {
+      tg_proc_signal(procs[i], SIGCONT);
+      tg_proc_signal(procs[i], SIGTERM);
+    }
+  for (int i = 0; i < n; i++) {
+    if (!procs[i]) continue;
+    tg_proc_stop(procs[i], STOP_MS);
+    tg_proc_free(procs[i]);
+    procs[i] = NULL;
+  }
+}
+
+void tg_chaos_cluster_free(tg_chaos_cluster *c) {
+  if (!c) return;
+  stop_all(c->agent, c->cfg.nodes);
+  stop_all(c->coord, c->cfg.coordinators);
+  /* Agents killed on purpose (and trainers) leave their regions behind. */
+  for (int i = 0; i < c->cfg.nodes; i++) {
+    char name[160];
+    tg_chaos_cluster_store_name(c, i, name, sizeof name);
+    tg_ckpt_store_unlink(name);
+    snprintf(name, sizeof name, "/tg-progress-%s-n%d", c->job, i);
+    shm_unlink(name);
+  }
+  free(c);
+}
+
+/* ------------------------------------------------------------ coordinators */
+
+int tg_chaos_cluster_start_coordinator(tg_chaos_cluster *c, int i, char *err, size_t errlen) {
+  if (i < 0 || i >= c->cfg.coordinators) {
+    snprintf(err, errlen, "no coordinator %d", i);
+    return -1;
+  }
+  if (c->coord[i] && tg_proc_running(c->coord[i])) return 0;
+  char id[16], listen[32], min[16], max[16], slots[16], hb_interval[24], hb_timeout[24], log[700];
+  snprintf(id, sizeof id, "c%d", i);
+  snprintf(listen, sizeof listen, "127.0.0.1:%d", c->ports[i]);
+  snprintf(min, sizeof min, "%d", c->spec.min_nodes < c->cfg.max_nodes ? c->spec.min_nodes : c->cfg.max_nodes);
+  snprintf(max, sizeof max, "%d", c->cfg.max_nodes);
+  snprintf(slots, sizeof slots, "%d", c->spec.slots);
+  int64_t interval = c->spec.heartbeat_timeout_ms / 10;
+  snprintf(hb_interval, sizeof hb_interval, "%lld", (long long)(interval < 20 ? 20 : interval > 1000 ? 1000 : interval));
+  snprintf(hb_timeout, sizeof hb_timeout, "%lld", (long long)c->spec.heartbeat_timeout_ms);
+  snprintf(log, sizeof log, "%s/logs/%s.log", c->dir, id);
+  const char *argv[] = {c->bins.coordinator, "--id", id, "--job", c->job, "--listen", listen, "--etcd", c->etcd,
+                        "--min-nodes", min, "--max-nodes", max, "--slots", slots, "--last-call-ms", "300",
+                        "--heartbeat-interval-ms", hb_interval, "--heartbeat-timeout-ms", hb_timeout,
+                        "--leader-ttl-s", "1", "--quarantine-faults", "0", NULL};
+  tg_proc_free(c->coord[i]);
+  c->coord[i] = tg_proc_start(argv, log, err, errlen);
+  return c->coord[i] ? 0 : -1;
+}
+
+int tg_chaos_cluster_coordinator_running(tg_chaos_cluster *c, int i) {
+  return i >= 0 && i < c->cfg.coordinators && c->coord[i] && tg_proc_running(c->coord[i]);
+}
+
+int tg_chaos_cluster_coordinator_index(const tg_chaos_cluster *c, const char *id) {
+  for (int i = 0; i < c->cfg.coordinators; i++) {
+    char name[16];
+    snprintf(name, sizeof name, "c%d", i);
+    if (strcmp(name, id) == 0) return i;
+  }
+  return -1;
+}
+
+int tg_chaos_cluster_kill_coordinator(tg_chaos_cluster *c, int i) {
+  if (!tg_chaos_cluster_coordinator_running(c, i)) return -1;
+  tg_proc_signal(c->coord[i], SIGKILL);
+  tg_proc_wait(c->coord[i], STOP_MS, NULL);
+  return 0;
+}
+
+const char *tg_chaos_cluster_coordinators(const tg_chaos_cluster *c) { return c->coordinators; }
+
+/* ------------------------------------------------------------ agents */
+
+int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_t errlen) {
+  if (node < 0 || node >= c->cfg.nodes) {
+    snprintf(err, errlen, "no node %d", node);
+    return -1;
+  }
+  if (c->agent[node] && tg_proc_running(c->agent[node])) return 0;
+  char logs[700], sock[700], log[700], ckpt[700], slots[16], mib[24], hang[24], persist[24];
+  char steps[24], width[24], depth[24], context[24], batch[24], micro[24], seed[24];
+  const char *id = c->node_ids[node];
+  snprintf(logs, sizeof logs, "%s/logs/%s", c->dir, id);
+  if (make_dir(logs, err, errlen) != 0) return -1;
+  snprintf(sock, sizeof sock, "%s/sock/%s.sock", c->dir, id);
+  snprintf(log, sizeof log, "%s/logs/%s-agent.log", c->dir, id);
+  snprintf(ckpt, sizeof ckpt, "%s/ckpt", c->dir);
+  snprintf(slots, sizeof slots, "%d", c->spec.slots);
+  snprintf(mib, sizeof mib, "%lld", (long long)c->spec.ckpt_mib);
+  snprintf(hang, sizeof hang, "%lld", (long long)c->spec.hang_floor_ms);
+  snprintf(persist, sizeof persist, "%lld", (long long)c->spec.persist_every);
+  const tg_chaos_training_spec *t = &c->training;
+  snprintf(steps, sizeof steps, "%lld", (long long)t->steps);
+  snprintf(width, sizeof width, "%lld", (long long)t->width);
+  snprintf(depth, sizeof depth, "%lld", (long long)t->depth);
+  snprintf(context, sizeof context, "%lld", (long long)t->context);
+  snprintf(batch, sizeof batch, "%lld", (long long)t->batch);
+  snprintf(micro, sizeof micro, "%lld", (long long)t->micro);
+  snprintf(seed, sizeof seed, "%lld", (long long)t->seed);
+  const char *argv[MAX_ARGV] = {c->bins.agent, "--node", id, "--job", c->job, "--coordinators", c->coordinators,
+                                "--socket", sock, "--slots", slots, "--log-dir", logs, "--ckpt-mib", mib,
+                                "--hang-floor-ms", hang, "--restart-max", "64", "--log-level", "info"};
+  int n = 21;
+  if (c->cfg.persist) {
+    argv[n++] = "--ckpt-dir";
+    argv[n++] = ckpt;
+    argv[n++] = "--persist-every";
+    argv[n++] = persist;
+  }
+  const char *train[] = {"--", c->bins.trainer, "--steps", steps, "--width", width, "--depth", depth,
+                         "--context", context, "--batch", batch, "--micro", micro, "--seed", seed,
+                         "--out", c->params, NULL};
+  for (size_t i = 0; train[i]; i++) argv[n++] = train[i];
+  if (t->corpus[0]) {
+    argv[n++] = "--corpus";
+    argv[n++] = t->corpus;
+  }
+  argv[n] = NULL;
+  tg_proc_free(c->agent[node]);
+  c->agent[node] = tg_proc_start(argv, log, err, errlen);
+  return c->agent[node] ? 0 : -1;
+}
+
+int tg_chaos_cluster_agent_running(tg_chaos_cluster *c, int node) {
+  return node >= 0 && node < c->cfg.nodes && c->agent[node] && tg_proc_running(c->agent[node]);
+}
+
+pid_t tg_chaos_cluster_trainer_pid(tg_chaos_cluster *c, int node, int slot) {
+  if (!tg_chaos_cluster_agent_running(c, node)) return 0;
+  char entry[32];
+  snprintf(entry, sizeof entry, "TG_SLOT=%d", slot);
+  return tg_proc_child_with_env(tg_proc_pid(c->agent[node]), entry);
+}
+
+int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node) {
+  if (!tg_chaos_cluster_agent_running(c, node)) return -1;
+  /* The trainers die with their agent (parent-death signal); killing them
+   * by pid as well makes the host's loss immediate whatever the agent
+   * set up. Their pids are read before the agent goes. */
+  pid_t trainers[TG_CHAOS_MAX_SLOTS] = {0};
+  for (int s = 0; s < c->spec.slots && s < TG_CHAOS_MAX_SLOTS; s++) trainers[s] = tg_chaos_cluster_trainer_pid(c, node, s);
+  tg_proc_signal(c->agent[node], SIGKILL);
+  for (int s = 0; s < TG_CHAOS_MAX_SLOTS; s++)
+    if (trainers[s] > 0) kill(trainers[s], SIGKILL);
+  tg_proc_wait(c->agent[node], STOP_MS, NULL);
+  return 0;
+}
+
+/* ------------------------------------------------------------ names */
+
+const char *tg_chaos_cluster_node_id(const tg_chaos_cluster *c, int node) {
+  return node >= 0 && node < c->cfg.nodes ? c->node_ids[node] : "?";
+}
+int tg_chaos_cluster_nodes(const tg_chaos_cluster *c) { return c->cfg.nodes; }
+int tg_chaos_cluster_slots(const tg_chaos_cluster *c) { return c->spec.slots; }
+const char *tg_chaos_cluster_job(const tg_chaos_cluster *c) { return c->job; }
+
+void tg_chaos_cluster_slot_log(const tg_chaos_cluster *c, int node, int slot, char *out, size_t len) {
+  snprintf(out, len, "%s/logs/n%d/slot-%d.log", c->dir, node, slot);
+}
+
+void tg_chaos_cluster_agent_log(const tg_chaos_cluster *c, int node, char *out, size_t len) {
+  snprintf(out, len, "%s/logs/n%d-agent.log", c->dir, node);
+}
+
+void tg_chaos_cluster_store_name(const tg_chaos_cluster *c, int node, char *out, size_t len) {
+  snprintf(out, len, "/tg-ckpt-%s-n%d", c->job, node);
+}
+
+int tg_chaos_cluster_tgctl(tg_chaos_cluster *c, const char *const *args, char *out, size_t outlen,
+                           int64_t timeout_ms) {
+  char timeout[24];
+  snprintf(timeout, sizeof timeout, "%lld", (long long)(timeout_ms > 200 ? timeout_ms - 100 : 100));
+  const char *argv[MAX_ARGV] = {c->bins.tgctl, "--coordinator", c->coordinators, "--timeout-ms", timeout, "--json"};
+  int n = 6;
+  for (size_t i = 0; args[i] && n < MAX_ARGV - 1; i++) argv[n++] = args[i];
+  argv[n] = NULL;
+  int status;
+  if (tg_proc_run(argv, NULL, timeout_ms, out, outlen, &status) != 0) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}

@@ -1,0 +1,90 @@
+/* A Tardigrade job on this machine, as tg-chaos runs it: tg-coordinators
+ * (one leads, the others stand by, all against one etcd) and tg-agents
+ * "n0".."nK", each starting one tg-train per slot. It owns the processes
+ * and the places they write to, and offers the verbs faults are made of:
+ * start or restart an agent or a coordinator, find a slot's trainer, kill.
+ *
+ * Processes are tests/harness/proc children (PR_SET_PDEATHSIG, killed at
+ * exit), so none outlives tg-chaos however it ends; tg_chaos_cluster_free
+ * also unlinks the shared memory every node of the job may have left
+ * behind (an agent killed with SIGKILL cannot). Start processes from the
+ * main thread only: the parent-death signal follows the forking thread.
+ *
+ * Layout under `dir`: logs/<node>/slot-<s>.log (trainers),
+ * logs/<node>-agent.log, logs/<coordinator>.log, sock/<node>.sock,
+ * ckpt/ (the agents' --ckpt-dir). */
+#ifndef TG_CHAOS_CLUSTER_H
+#define TG_CHAOS_CLUSTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "chaos/scenario.h"
+
+/* The binaries a cluster runs. */
+typedef struct {
+  char coordinator[1024], agent[1024], trainer[1024], tgctl[1024];
+} tg_chaos_bins;
+
+typedef struct {
+  const char *job;            /* job id, unique per run */
+  const char *dir;            /* the run's directory (see above); must exist */
+  const char *etcd_endpoints; /* host:port,... */
+  const tg_chaos_bins *bins;
+  int nodes;                  /* agents that may ever run: n0..n<nodes-1> */
+  int max_nodes;              /* the coordinators' --max-nodes (the rest are spares) */
+  int coordinators;
+  int persist;                /* 1: give agents --ckpt-dir */
+  const tg_chaos_cluster_spec *spec;
+  const tg_chaos_training_spec *training;
+  const char *params_out;     /* tg-train --out */
+} tg_chaos_cluster_config;
+
+typedef struct tg_chaos_cluster tg_chaos_cluster;
+
+/* Makes the directories; starts nothing. NULL with a reason on failure. */
+tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char *err, size_t errlen);
+
+/* Stops every process (agents first, SIGTERM then SIGKILL), kills any
+ * trainer of the job still alive, and unlinks every node's shared memory.
+ * NULL is fine. */
+void tg_chaos_cluster_free(tg_chaos_cluster *c);
+
+/* Coordinator i ("c<i>"), on a port fixed at its first start so a restart
+ * listens where agents look. 0 or -1 with a reason. */
+int tg_chaos_cluster_start_coordinator(tg_chaos_cluster *c, int i, char *err, size_t errlen);
+int tg_chaos_cluster_coordinator_running(tg_chaos_cluster *c, int i);
+/* The index of the coordinator with id "c<i>", or -1. */
+int tg_chaos_cluster_coordinator_index(const tg_chaos_cluster *c, const char *id);
+/* SIGKILLs coordinator i and reaps it. 0 or -1 if it is not running. */
+int tg_chaos_cluster_kill_coordinator(tg_chaos_cluster *c, int i);
+/* "127.0.0.1:A,127.0.0.1:B,..." for agents and tgctl. */
+const char *tg_chaos_cluster_coordinators(const tg_chaos_cluster *c);
+
+/* Starts (or restarts, with the same node id and memory) agent `node`. */
+int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_t errlen);
+int tg_chaos_cluster_agent_running(tg_chaos_cluster *c, int node);
+/* SIGKILLs the agent and then its trainers, as when a host dies. */
+int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node);
+/* The pid of the trainer in (node, slot), or 0 when there is none. */
+pid_t tg_chaos_cluster_trainer_pid(tg_chaos_cluster *c, int node, int slot);
+
+/* "n<node>". */
+const char *tg_chaos_cluster_node_id(const tg_chaos_cluster *c, int node);
+int tg_chaos_cluster_nodes(const tg_chaos_cluster *c);
+int tg_chaos_cluster_slots(const tg_chaos_cluster *c);
+const char *tg_chaos_cluster_job(const tg_chaos_cluster *c);
+/* Log paths (see the layout above). */
+void tg_chaos_cluster_slot_log(const tg_chaos_cluster *c, int node, int slot, char *out, size_t len);
+void tg_chaos_cluster_agent_log(const tg_chaos_cluster *c, int node, char *out, size_t len);
+/* "/tg-ckpt-<job>-<node>": the node's checkpoint store. */
+void tg_chaos_cluster_store_name(const tg_chaos_cluster *c, int node, char *out, size_t len);
+
+/* Runs tgctl against the coordinators with args (NULL-terminated, after
+ * --coordinator and --json), output in out. Returns the exit status, or -1
+ * if it could not run within timeout_ms. */
+int tg_chaos_cluster_tgctl(tg_chaos_cluster *c, const char *const *args, char *out, size_t outlen,
+                           int64_t timeout_ms);
+
+#endif

@@ -1,0 +1,261 @@
+/* The injectors; see inject.h. Each one resolves its target from the
+ * coordinator's view of the world (tg_chaos_poller: nodes in position
+ * order) and the trainers' logs (which rank a slot holds), refuses with a
+ * note when the target cannot take the fault now, and stamps the moment
+ * of injection immediately before the act. */
+#include "chaos/inject.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "agent/ckpt/store.h"
+#include "common/clock/clock.h"
+
+#define MAX_KEYS 512
+
+uint32_t tg_chaos_draw(tg_chaos_ctx *ctx, uint32_t n) {
+  uint64_t z = (ctx->rng += 0x9E3779B97F4A7C15ULL); /* splitmix64 */
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  z ^= z >> 31;
+  return n ? (uint32_t)(z % n) : 0;
+}
+
+static int skip(tg_chaos_fault *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int skip(tg_chaos_fault *f, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(f->note, sizeof f->note, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+static void stamp(tg_chaos_fault *f) {
+  f->injected_unix_ms = tg_clock_unix_ms();
+  f->injected_mono_ms = tg_clock_mono_ms();
+}
+
+/* Nodes of the world (position order) whose agent runs. */
+static size_t ranked_nodes(tg_chaos_ctx *ctx, const tg_chaos_status *st, int *out) {
+  size_t n = 0;
+  for (size_t i = 0; i < st->n_nodes; i++) {
+    int idx = tg_chaos_node_index(ctx->s, st->nodes[i]);
+    if (idx >= 0 && !ctx->lost[idx] && tg_chaos_cluster_agent_running(ctx->cluster, idx)) out[n++] = idx;
+  }
+  return n;
+}
+
+static int in_world(tg_chaos_ctx *ctx, const tg_chaos_status *st, int idx) {
+  int nodes[TG_CHAOS_MAX_NODES];
+  size_t n = ranked_nodes(ctx, st, nodes);
+  for (size_t i = 0; i < n; i++)
+    if (nodes[i] == idx) return 1;
+  return 0;
+}
+
+static int running_coordinators(tg_chaos_ctx *ctx) {
+  int n = 0;
+  for (int i = 0; i < ctx->s->cluster.coordinators; i++) n += tg_chaos_cluster_coordinator_running(ctx->cluster, i);
+  return n;
+}
+
+/* A node holding ranks: the explicit one if it does, else a random one. */
+static int resolve_node(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  int idx;
+  if (f->spec.random_target) {
+    int nodes[TG_CHAOS_MAX_NODES];
+    size_t n = ranked_nodes(ctx, st, nodes);
+    if (n == 0) return skip(f, "no node holds ranks now");
+    idx = nodes[tg_chaos_draw(ctx, (uint32_t)n)];
+  } else {
+    idx = tg_chaos_node_index(ctx->s, f->spec.node);
+    if (!tg_chaos_cluster_agent_running(ctx->cluster, idx)) return skip(f, "%s is not running", f->spec.node);
+    if (!in_world(ctx, st, idx)) return skip(f, "%s holds no ranks now", f->spec.node);
+  }
+  snprintf(f->node, sizeof f->node, "%s", tg_chaos_cluster_node_id(ctx->cluster, idx));
+  return idx;
+}
+
+/* A trainer of a node holding ranks; its pid in *pid. */
+static int resolve_trainer(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st, pid_t *pid) {
+  int idx = resolve_node(ctx, f, st);
+  if (idx < 0) return -1;
+  f->slot = f->spec.random_target ? (int)tg_chaos_draw(ctx, (uint32_t)ctx->s->cluster.slots) : f->spec.slot;
+  int rank;
+  uint64_t gen;
+  f->rank = tg_chaos_watch_slot(ctx->watch, idx, f->slot, &rank, &gen) == 0 && gen == f->generation_before ? rank : -1;
+  *pid = tg_chaos_cluster_trainer_pid(ctx->cluster, idx, f->slot);
+  if (*pid <= 0) return skip(f, "no trainer process in %s slot %d", f->node, f->slot);
+  return idx;
+}
+
+static int signal_trainer(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st, int sig) {
+  pid_t pid;
+  if (resolve_trainer(ctx, f, st, &pid) < 0) return -1;
+  stamp(f);
+  if (kill(pid, sig) != 0) return skip(f, "cannot signal pid %d", (int)pid);
+  return 0;
+}
+
+/* Every copy of the target trainer's shard in its node's memory gets one
+ * byte flipped while the trainer is stopped (so it writes no newer step),
+ * then the trainer is killed: its restart must read the shard back,
+ * refuse the corrupt copies (checksum) and use the buddy's. */
+static int corrupt_replica(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  pid_t pid;
+  int idx = resolve_trainer(ctx, f, st, &pid);
+  if (idx < 0) return -1;
+  if (f->rank < 0) return skip(f, "the rank of %s slot %d in generation %llu is not known yet", f->node, f->slot,
+                               (unsigned long long)f->generation_before);
+  if (kill(pid, SIGSTOP) != 0) return skip(f, "cannot stop pid %d", (int)pid);
+  char name[160], err[256];
+  tg_chaos_cluster_store_name(ctx->cluster, idx, name, sizeof name);
+  tg_ckpt_store *store = tg_ckpt_store_open(name, err, sizeof err);
+  if (!store) {
+    kill(pid, SIGCONT);
+    return skip(f, "cannot open %s's checkpoint store %s: %s", f->node, name, err);
+  }
+  static tg_ckpt_key keys[MAX_KEYS];
+  size_t n = tg_ckpt_store_list(store, tg_chaos_cluster_job(ctx->cluster), keys, MAX_KEYS);
+  size_t corrupted = 0;
+  uint64_t lo = UINT64_MAX, hi = 0;
+  for (size_t i = 0; i < n && i < MAX_KEYS; i++) {
+    if (keys[i].shard != f->rank || keys[i].world_size != f->world_before) continue;
+    if (tg_ckpt_store_corrupt(store, &keys[i], 12345 + i) != TG_CKPT_OK) continue;
+    corrupted++;
+    if (keys[i].step < lo) lo = keys[i].step;
+    if (keys[i].step > hi) hi = keys[i].step;
+  }
+  tg_ckpt_store_close(store);
+  if (corrupted == 0) {
+    kill(pid, SIGCONT);
+    return skip(f, "no copy of shard %d (world of %u) in %s's memory", f->rank, f->world_before, f->node);
+  }
+  stamp(f);
+  kill(pid, SIGKILL);
+  snprintf(f->note, sizeof f->note,
+           "corrupted %zu copies of shard %d (steps %llu..%llu) in %s's memory, then killed its trainer so they "
+           "are read back", corrupted, f->rank, (unsigned long long)lo, (unsigned long long)hi, f->node);
+  return 0;
+}
+
+static int host_loss(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  int idx = resolve_node(ctx, f, st);
+  if (idx < 0) return -1;
+  stamp(f);
+  if (tg_chaos_cluster_kill_agent(ctx->cluster, idx) != 0) return skip(f, "%s's agent is not running", f->node);
+  ctx->lost[idx] = 1;
+  return 0;
+}
+
+static int host_return(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  int idx = -1;
+  if (f->spec.random_target) {
+    int lost[TG_CHAOS_MAX_NODES];
+    uint32_t n = 0;
+    for (int i = 0; i < tg_chaos_cluster_nodes(ctx->cluster); i++)
+      if (ctx->lost[i]) lost[n++] = i;
+    if (n == 0) return skip(f, "no node is lost");
+    idx = lost[tg_chaos_draw(ctx, n)];
+  } else {
+    idx = tg_chaos_node_index(ctx->s, f->spec.node);
+    if (idx < 0 || !ctx->lost[idx]) return skip(f, "%s is not lost", f->spec.node);
+  }
+  snprintf(f->node, sizeof f->node, "%s", tg_chaos_cluster_node_id(ctx->cluster, idx));
+  /* A world short of its full size grows back; a full one (a spare took
+   * the node's place) keeps the returning node as a spare. */
+  f->expect_new_world = st->n_nodes < (size_t)ctx->s->cluster.agents;
+  f->agent_lines_before = tg_chaos_watch_agent_lines(ctx->watch, idx);
+  char err[256];
+  stamp(f);
+  if (tg_chaos_cluster_start_agent(ctx->cluster, idx, err, sizeof err) != 0)
+    return skip(f, "cannot restart %s: %s", f->node, err);
+  ctx->lost[idx] = 0;
+  return 0;
+}
+
+static int drain(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  int idx = resolve_node(ctx, f, st);
+  if (idx < 0) return -1;
+  const char *args[] = {"drain", f->node, "--reason", "tg-chaos", NULL};
+  char out[1024];
+  stamp(f);
+  int rc = tg_chaos_cluster_tgctl(ctx->cluster, args, out, sizeof out, 10000);
+  if (rc != 0) {
+    out[strcspn(out, "\n")] = '\0';
+    return skip(f, "tgctl drain %s failed (%d): %s", f->node, rc, out);
+  }
+  ctx->drained[idx] = 1;
+  return 0;
+}
+
+static int coordinator_crash(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  if (!st->ok || !st->leader[0]) return skip(f, "no coordinator has answered as leader yet");
+  int idx = tg_chaos_cluster_coordinator_index(ctx->cluster, st->leader);
+  if (idx < 0) return skip(f, "the leader \"%s\" is not one of ours", st->leader);
+  if (running_coordinators(ctx) < 2) return skip(f, "no standby is running to take over");
+  snprintf(f->coordinator, sizeof f->coordinator, "%s", st->leader);
+  stamp(f);
+  if (tg_chaos_cluster_kill_coordinator(ctx->cluster, idx) != 0) return skip(f, "%s is not running", st->leader);
+  return 0;
+}
+
+/* The nodes at ring positions 1 and 2 go at once: position 2 holds the
+ * only other copy of position 1's shards. */
+static int lose_all_copies(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  if (st->n_nodes < 3) return skip(f, "the world has %zu nodes; positions 1 and 2 need 3", st->n_nodes);
+  int a = tg_chaos_node_index(ctx->s, st->nodes[1]), b = tg_chaos_node_index(ctx->s, st->nodes[2]);
+  if (!tg_chaos_cluster_agent_running(ctx->cluster, a) || !tg_chaos_cluster_agent_running(ctx->cluster, b))
+    return skip(f, "%s or %s is not running", st->nodes[1], st->nodes[2]);
+  snprintf(f->node, sizeof f->node, "%s", st->nodes[1]);
+  snprintf(f->node2, sizeof f->node2, "%s", st->nodes[2]);
+  stamp(f);
+  tg_chaos_cluster_kill_agent(ctx->cluster, a);
+  tg_chaos_cluster_kill_agent(ctx->cluster, b);
+  ctx->lost[a] = ctx->lost[b] = 1;
+  return 0;
+}
+
+int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  tg_chaos_status st;
+  tg_chaos_poller_get(ctx->poller, &st);
+  f->slot = f->rank = -1;
+  switch (f->spec.kind) {
+  case TG_CHAOS_TRAINER_CRASH: return signal_trainer(ctx, f, &st, SIGKILL);
+  case TG_CHAOS_TRAINER_SEGV: return signal_trainer(ctx, f, &st, SIGSEGV);
+  case TG_CHAOS_HANG: return signal_trainer(ctx, f, &st, SIGSTOP);
+  case TG_CHAOS_HOST_LOSS: return host_loss(ctx, f, &st);
+  case TG_CHAOS_HOST_RETURN: return host_return(ctx, f, &st);
+  case TG_CHAOS_DRAIN: return drain(ctx, f, &st);
+  case TG_CHAOS_COORDINATOR_CRASH: return coordinator_crash(ctx, f, &st);
+  case TG_CHAOS_CORRUPT_REPLICA: return corrupt_replica(ctx, f, &st);
+  case TG_CHAOS_LOSE_ALL_COPIES: return lose_all_copies(ctx, f, &st);
+  default: return skip(f, "unknown kind");
+  }
+}
+
+int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind) {
+  tg_chaos_status st;
+  tg_chaos_poller_get(ctx->poller, &st);
+  int nodes[TG_CHAOS_MAX_NODES];
+  size_t ranked = ranked_nodes(ctx, &st, nodes);
+  size_t min = (size_t)ctx->s->cluster.min_nodes, spares = st.nodes_spare;
+  switch (kind) {
+  case TG_CHAOS_TRAINER_CRASH:
+  case TG_CHAOS_TRAINER_SEGV:
+  case TG_CHAOS_HANG:
+  case TG_CHAOS_CORRUPT_REPLICA: return ranked > 0;
+  case TG_CHAOS_HOST_LOSS:
+  case TG_CHAOS_DRAIN: return ranked > 0 && ranked == st.n_nodes && (st.n_nodes - 1 >= min || spares > 0);
+  case TG_CHAOS_HOST_RETURN:
+    for (int i = 0; i < tg_chaos_cluster_nodes(ctx->cluster); i++)
+      if (ctx->lost[i]) return 1;
+    return 0;
+  case TG_CHAOS_COORDINATOR_CRASH: return st.ok && running_coordinators(ctx) >= 2;
+  case TG_CHAOS_LOSE_ALL_COPIES:
+    return st.n_nodes >= 3 && ranked == st.n_nodes && st.n_nodes - 2 + (spares < 2 ? spares : 2) >= min;
+  default: return 0;
+  }
+}

@@ -1,0 +1,342 @@
+/* Detection, recovery and the invariants; see measure.h for the
+ * definitions. The numbers come from three places that do not depend on
+ * each other: the coordinator's fault log (what the job detected and
+ * whom it blamed), the status poller (leader, committed step) and the
+ * logs (when training resumed, where, and what every process believed
+ * each generation was). */
+#include "chaos/measure.h"
+
+#include <cjson/cJSON.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock/clock.h"
+
+#define FAULT_LOG_BYTES (4 << 20)
+/* Slack for "after the injection" (the same clock, but a record's time is
+ * taken on another thread). */
+#define CLOCK_SLACK_MS 20
+
+static void add_note(tg_chaos_fault *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add_note(tg_chaos_fault *f, const char *fmt, ...) {
+  size_t used = strlen(f->note);
+  if (used && used + 2 < sizeof f->note) used += (size_t)snprintf(f->note + used, sizeof f->note - used, "; ");
+  if (used >= sizeof f->note) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(f->note + used, sizeof f->note - used, fmt, ap);
+  va_end(ap);
+}
+
+/* The fault-log kind a fault of `kind` should produce; NULL: none. */
+static const char *expected_record(tg_chaos_kind kind) {
+  switch (kind) {
+  case TG_CHAOS_TRAINER_CRASH:
+  case TG_CHAOS_TRAINER_SEGV: return "TRAINER_EXIT";
+  case TG_CHAOS_HANG: return "HANG";
+  case TG_CHAOS_HOST_LOSS:
+  case TG_CHAOS_LOSE_ALL_COPIES: return "NODE_LOST";
+  case TG_CHAOS_CORRUPT_REPLICA: return "CHECKPOINT_CORRUPT";
+  default: return NULL;
+  }
+}
+
+/* ------------------------------------------------------------ recovery */
+
+static int trained_again(const tg_chaos_generation *g) {
+  return g->world_size != UINT32_MAX && g->world_size > 0 && g->ranks_joined >= g->world_size &&
+         g->first_step_unix_ms > 0;
+}
+
+static const tg_chaos_generation *recovered_world(tg_chaos_ctx *ctx, const tg_chaos_fault *f) {
+  const tg_chaos_generation *gens;
+  size_t n = tg_chaos_watch_generations(ctx->watch, &gens);
+  for (size_t i = 0; i < n; i++)
+    if (gens[i].generation > f->generation_before && trained_again(&gens[i])) return &gens[i];
+  return NULL;
+}
+
+static void resumed_in(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_generation *g) {
+  f->recovered_unix_ms = g->joined_unix_ms > g->first_step_unix_ms ? g->joined_unix_ms : g->first_step_unix_ms;
+  f->resumed = 1;
+  f->generation_after = g->generation;
+  f->world_after = g->world_size;
+  f->resume_step = g->resume_step;
+  f->from_disk = g->from_disk;
+  f->lib_lost = g->lib_lost_steps;
+  /* The last step the old world completed: what its rank 0 logged, or
+   * where it resumed if it logged none. */
+  const tg_chaos_generation *b = tg_chaos_watch_generation(ctx->watch, f->generation_before);
+  int64_t last = b ? (b->max_step > b->resume_step ? b->max_step : b->resume_step) : -1;
+  f->last_step_before = last >= 0 ? last : f->step_at_injection;
+  f->steps_lost = f->last_step_before > f->resume_step ? f->last_step_before - f->resume_step : 0;
+  f->committed_lost = f->committed_at_injection > f->resume_step ? f->committed_at_injection - f->resume_step : 0;
+  f->state = TG_CHAOS_RECOVERED;
+}
+
+/* Recovered without a new world (a standby took over, a spare came back). */
+static void kept_world(tg_chaos_fault *f, int64_t at) {
+  f->recovered_unix_ms = at;
+  f->generation_after = f->generation_before;
+  f->world_after = f->world_before;
+  f->last_step_before = f->step_at_injection;
+  f->resume_step = -1;
+  f->state = TG_CHAOS_RECOVERED;
+}
+
+static void new_leader(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  f->detected = 1;
+  f->detected_unix_ms = st->answered_unix_ms;
+  snprintf(f->detect_source, sizeof f->detect_source, "leader");
+  snprintf(f->detect_node, sizeof f->detect_node, "%s", st->leader);
+  f->detect_rank = -1;
+  f->culprit_ok = 1;
+  add_note(f, "%s took over from %s", st->leader, f->coordinator);
+  /* Back as a standby, so later faults still have one. */
+  char err[256];
+  int idx = tg_chaos_cluster_coordinator_index(ctx->cluster, f->coordinator);
+  if (tg_chaos_cluster_start_coordinator(ctx->cluster, idx, err, sizeof err) == 0)
+    add_note(f, "%s restarted as a standby", f->coordinator);
+  else
+    add_note(f, "cannot restart %s: %s", f->coordinator, err);
+}
+
+static void world_formed(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  const tg_chaos_generation *gens;
+  size_t n = tg_chaos_watch_generations(ctx->watch, &gens);
+  for (size_t i = 0; i < n; i++) {
+    if (gens[i].generation <= f->generation_before || gens[i].formed_unix_ms <= 0) continue;
+    f->detected = 1;
+    f->detected_unix_ms = gens[i].formed_unix_ms;
+    snprintf(f->detect_source, sizeof f->detect_source, "world");
+    f->detect_rank = -1;
+    f->culprit_ok = 1;
+    return;
+  }
+}
+
+int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  if (f->state != TG_CHAOS_IN_FLIGHT) return 1;
+  tg_chaos_status st;
+  tg_chaos_poller_get(ctx->poller, &st);
+  if (f->spec.kind == TG_CHAOS_COORDINATOR_CRASH && !f->detected && st.ok &&
+      st.answered_unix_ms > f->injected_unix_ms && st.leader[0] && strcmp(st.leader, f->coordinator) != 0)
+    new_leader(ctx, f, &st);
+  if (f->spec.kind == TG_CHAOS_DRAIN && !f->detected) world_formed(ctx, f);
+
+  const tg_chaos_generation *g = recovered_world(ctx, f);
+  if (g) {
+    resumed_in(ctx, f, g);
+    return 1;
+  }
+  if (f->spec.kind == TG_CHAOS_COORDINATOR_CRASH && f->detected &&
+      tg_chaos_watch_max_step(ctx->watch) > f->step_at_injection) {
+    kept_world(f, tg_clock_unix_ms());
+    return 1;
+  }
+  int idx = tg_chaos_node_index(ctx->s, f->node);
+  if (f->spec.kind == TG_CHAOS_HOST_RETURN && !f->expect_new_world &&
+      tg_chaos_watch_agent_lines(ctx->watch, idx) > f->agent_lines_before) {
+    uint64_t gen;
+    int holds;
+    int64_t at;
+    tg_chaos_watch_agent_last(ctx->watch, idx, &gen, &holds, &at);
+    add_note(f, "%s rejoined generation %llu %s", f->node, (unsigned long long)gen,
+             holds ? "holding ranks" : "as a spare");
+    kept_world(f, at);
+    return 1;
+  }
+  if (tg_clock_mono_ms() - f->injected_mono_ms > ctx->s->recovery_timeout_s * 1000) {
+    f->state = TG_CHAOS_NOT_RECOVERED;
+    add_note(f, "no recovery within %llds", (long long)ctx->s->recovery_timeout_s);
+    return 1;
+  }
+  return 0;
+}
+
+void tg_chaos_abandon(tg_chaos_fault *f, const char *why) {
+  if (f->state != TG_CHAOS_IN_FLIGHT) return;
+  f->state = TG_CHAOS_NOT_RECOVERED;
+  add_note(f, "%s", why);
+}
+
+/* ------------------------------------------------------------ fault log */
+
+static int64_t num(const cJSON *o, const char *key) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0;
+}
+
+static const char *str(const cJSON *o, const char *key) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static int id_used(const tg_chaos_fault *faults, size_t n, const char *id) {
+  for (size_t i = 0; i < n; i++)
+    if (faults[i].fault_id[0] && strcmp(faults[i].fault_id, id) == 0) return 1;
+  return 0;
+}
+
+static void match_one(tg_chaos_fault *faults, size_t n, size_t i, const cJSON *records) {
+  tg_chaos_fault *f = &faults[i];
+  const char *want = expected_record(f->spec.kind);
+  int64_t lo = f->injected_unix_ms - CLOCK_SLACK_MS, hi = INT64_MAX;
+  if (f->recovered_unix_ms) hi = f->recovered_unix_ms + 500;
+  else if (i + 1 < n && faults[i + 1].injected_unix_ms) hi = faults[i + 1].injected_unix_ms;
+  const cJSON *best = NULL, *named = NULL;
+  const cJSON *r;
+  cJSON_ArrayForEach(r, records) {
+    int64_t at = num(r, "detected_unix_ms");
+    if (strcmp(str(r, "kind"), want) != 0 || at < lo || at > hi || id_used(faults, n, str(r, "fault_id"))) continue;
+    const char *node = str(r, "node_id");
+    int is_target = strcmp(node, f->node) == 0 || (f->node2[0] && strcmp(node, f->node2) == 0);
+    if (is_target && (!named || at < num(named, "detected_unix_ms"))) named = r;
+    if (!best || at < num(best, "detected_unix_ms")) best = r;
+  }
+  const cJSON *m = named ? named : best;
+  if (!m) return;
+  f->detected = 1;
+  f->detected_unix_ms = num(m, "detected_unix_ms");
+  snprintf(f->detect_source, sizeof f->detect_source, "fault_log");
+  snprintf(f->detect_kind, sizeof f->detect_kind, "%s", str(m, "kind"));
+  snprintf(f->detect_node, sizeof f->detect_node, "%s", str(m, "node_id"));
+  snprintf(f->fault_id, sizeof f->fault_id, "%s", str(m, "fault_id"));
+  f->detect_rank = (int)num(m, "rank");
+  f->detect_signal = (int)num(m, "signal");
+  /* A trainer's fault must name its rank too; a corrupt copy is reported
+   * by whichever rank read it, so only the node counts there. */
+  int rank_counts = tg_chaos_kind_target(f->spec.kind) == TG_CHAOS_TARGET_TRAINER &&
+                    f->spec.kind != TG_CHAOS_CORRUPT_REPLICA && f->rank >= 0;
+  f->culprit_ok = m == named && (!rank_counts || f->detect_rank == f->rank);
+  if (!f->culprit_ok)
+    add_note(f, "the fault log blamed %s rank %d, not the target", f->detect_node, f->detect_rank);
+  if (f->spec.kind == TG_CHAOS_TRAINER_SEGV && f->detect_signal != 11)
+    add_note(f, "the record says signal %d, not 11", f->detect_signal);
+}
+
+void tg_chaos_match_fault_log(tg_chaos_ctx *ctx, tg_chaos_fault *faults, size_t n) {
+  int pending = 0;
+  for (size_t i = 0; i < n; i++)
+    pending |= !faults[i].detected && faults[i].injected_unix_ms && expected_record(faults[i].spec.kind);
+  if (!pending) return;
+  char *out = malloc(FAULT_LOG_BYTES);
+  if (!out) return;
+  const char *args[] = {"faults", "--limit", "512", NULL};
+  cJSON *records = NULL;
+  if (tg_chaos_cluster_tgctl(ctx->cluster, args, out, FAULT_LOG_BYTES, 10000) == 0) records = cJSON_Parse(out);
+  if (cJSON_IsArray(records))
+    for (size_t i = 0; i < n; i++)
+      if (!faults[i].detected && faults[i].injected_unix_ms && expected_record(faults[i].spec.kind))
+        match_one(faults, n, i, records);
+  cJSON_Delete(records);
+  free(out);
+}
+
+/* ------------------------------------------------------------ invariants */
+
+static void appendf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void appendf(char *buf, size_t len, const char *fmt, ...) {
+  size_t used = strlen(buf);
+  if (used + 1 >= len) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf + used, len - used, fmt, ap);
+  va_end(ap);
+}
+
+/* (1) Every resume started at or after the committed step at its fault. */
+static void no_committed_step_lost(const tg_chaos_result *res, tg_chaos_invariant *inv) {
+  size_t checked = 0, violated = 0, unknown = 0;
+  char notes[768] = "";
+  for (size_t i = 0; i < res->n_faults; i++) {
+    const tg_chaos_fault *f = &res->faults[i];
+    if (!f->resumed) continue;
+    if (f->committed_at_injection < 0) {
+      unknown++;
+      continue;
+    }
+    checked++;
+    const char *kind = tg_chaos_kind_name(f->spec.kind);
+    if (f->from_disk) {
+      violated += f->committed_lost > 0;
+      appendf(notes, sizeof notes, "%sfault #%zu (%s): resumed from disk, %lld committed steps lost (resumed at step "
+              "%lld; the committed step was %lld at the fault)", notes[0] ? "; " : "", i, kind,
+              (long long)f->committed_lost, (long long)f->resume_step, (long long)f->committed_at_injection);
+    } else if (f->committed_lost > 0) {
+      violated++;
+      appendf(notes, sizeof notes, "%sfault #%zu (%s): resumed at step %lld, %lld committed steps lost (the committed "
+              "step was %lld at the fault)", notes[0] ? "; " : "", i, kind, (long long)f->resume_step,
+              (long long)f->committed_lost, (long long)f->committed_at_injection);
+    }
+  }
+  inv->name = "no_committed_step_lost";
+  inv->pass = violated == 0;
+  if (violated)
+    snprintf(inv->detail, sizeof inv->detail, "%s", notes);
+  else if (checked == 0)
+    snprintf(inv->detail, sizeof inv->detail, "no fault made the job resume from a checkpoint%s",
+             unknown ? " with a known committed step" : "");
+  else
+    snprintf(inv->detail, sizeof inv->detail, "%s %zu resume%s started at or after the job's committed step at %s "
+             "fault%s%s", checked == 1 ? "the" : "all", checked, checked == 1 ? "" : "s", checked == 1 ? "its" : "their",
+             notes[0] ? "; " : "", notes);
+  if (unknown) appendf(inv->detail, sizeof inv->detail, " (%zu resumes unchecked: no committed step known)", unknown);
+}
+
+/* (2) One world per generation, in every process's view. */
+static void one_world_per_generation(tg_chaos_ctx *ctx, tg_chaos_invariant *inv) {
+  char detail[900];
+  size_t conflicts = tg_chaos_watch_conflicts(ctx->watch, detail, sizeof detail);
+  const tg_chaos_generation *gens;
+  size_t n = tg_chaos_watch_generations(ctx->watch, &gens);
+  inv->name = "one_world_per_generation";
+  inv->pass = conflicts == 0;
+  if (conflicts)
+    snprintf(inv->detail, sizeof inv->detail, "%zu lines contradict another about the same generation: %s", conflicts,
+             detail);
+  else
+    snprintf(inv->detail, sizeof inv->detail, "%zu generation%s; every agent and trainer line about each agrees on "
+             "its world size and reason", n, n == 1 ? "" : "s");
+}
+
+/* (3) Final parameters bitwise equal to the fault-free run's. */
+static void same_parameters(const tg_chaos_result *res, const char *params, const char *reference,
+                            tg_chaos_invariant *inv) {
+  inv->name = "final_parameters_match_reference";
+  inv->pass = 0;
+  FILE *a = params ? fopen(params, "rb") : NULL, *b = reference ? fopen(reference, "rb") : NULL;
+  if (!b) {
+    snprintf(inv->detail, sizeof inv->detail, "no reference parameters to compare with");
+  } else if (!a) {
+    snprintf(inv->detail, sizeof inv->detail, "no final parameters: training stopped at step %lld of %lld",
+             (long long)res->final_step, (long long)res->scenario->training.steps);
+  } else {
+    long long at = 0;
+    int ca, cb;
+    do {
+      ca = fgetc(a);
+      cb = fgetc(b);
+      at++;
+    } while (ca == cb && ca != EOF);
+    if (ca == cb)
+      snprintf(inv->detail, sizeof inv->detail, "bitwise equal to the fault-free reference run (%lld bytes)", at - 1);
+    else if (ca == EOF || cb == EOF)
+      snprintf(inv->detail, sizeof inv->detail, "the parameter files differ in length (at byte %lld one ends)", at - 1);
+    else
+      snprintf(inv->detail, sizeof inv->detail, "the parameters differ from the reference run's, first at byte %lld",
+               at - 1);
+    inv->pass = ca == cb;
+  }
+  if (a) fclose(a);
+  if (b) fclose(b);
+}
+
+void tg_chaos_check_invariants(tg_chaos_ctx *ctx, tg_chaos_result *res, const char *params, const char *reference) {
+  no_committed_step_lost(res, &res->invariants[0]);
+  one_world_per_generation(ctx, &res->invariants[1]);
+  same_parameters(res, params, reference, &res->invariants[2]);
+  res->invariants_checked = 1;
+}

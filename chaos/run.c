@@ -1,0 +1,501 @@
+/* The timeline of a run; see run.h. The main thread does everything that
+ * starts or signals a process (the harness's parent-death signal follows
+ * the forking thread), in one loop: read the logs, follow the fault in
+ * flight, fire the next one when its trigger comes. Faults go one at a
+ * time: the next trigger is looked at only once the previous fault has
+ * recovered or timed out, so each measurement belongs to one fault. */
+#include "chaos/run.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chaos/inject.h"
+#include "chaos/measure.h"
+#include "common/clock/clock.h"
+#include "common/log/log.h"
+#include "tests/harness/etcd_cluster.h"
+#include "tests/harness/proc.h"
+
+#define POLL_MS 20
+#define STATUS_PERIOD_MS 100
+#define LEADER_TIMEOUT_MS 30000
+#define FIRST_STEP_TIMEOUT_MS 180000
+#define SPARES_TIMEOUT_MS 30000
+#define MAX_RUN_FAULTS 10000
+
+typedef struct {
+  const tg_chaos_run_options *o;
+  tg_chaos_result *res;
+  char dir[256];
+  tg_etcd_cluster *etcd;
+} run_state;
+
+static int stopping(const run_state *r) { return r->o->stop && *r->o->stop; }
+
+static int setup_error(run_state *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int setup_error(run_state *r, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->res->error, sizeof r->res->error, fmt, ap);
+  va_end(ap);
+  TG_ERROR("%s", r->res->error);
+  return -1;
+}
+
+static tg_chaos_fault *add_fault(tg_chaos_result *res, const tg_chaos_fault_spec *spec, int soak) {
+  if (res->n_faults == res->cap_faults) {
+    size_t cap = res->cap_faults ? res->cap_faults * 2 : 16;
+    if (cap > MAX_RUN_FAULTS) return NULL;
+    tg_chaos_fault *faults = realloc(res->faults, cap * sizeof *faults);
+    if (!faults) return NULL;
+    res->faults = faults;
+    res->cap_faults = cap;
+  }
+  tg_chaos_fault *f = &res->faults[res->n_faults++];
+  memset(f, 0, sizeof *f);
+  f->spec = *spec;
+  f->soak = soak;
+  f->slot = f->rank = f->detect_rank = -1;
+  f->committed_at_injection = f->resume_step = f->lib_lost = -1;
+  return f;
+}
+
+static int copy_file(const char *from, const char *to) {
+  FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
+  int ok = a && b;
+  char buf[65536];
+  size_t n;
+  while (ok && (n = fread(buf, 1, sizeof buf, a)) > 0) ok = fwrite(buf, 1, n, b) == n;
+  if (a) fclose(a);
+  if (b && fclose(b) != 0) ok = 0;
+  return ok ? 0 : -1;
+}
+
+static int run_command(const char *const *argv) {
+  int status;
+  char out[512];
+  return tg_proc_run(argv, NULL, 60000, out, sizeof out, &status) == 0 && status == 0 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------ clusters */
+
+static tg_chaos_cluster *new_cluster(run_state *r, const char *job, const char *dir, int nodes, int max_nodes,
+                                     int coordinators, int persist, const tg_chaos_cluster_spec *spec,
+                                     const char *params) {
+  char err[512];
+  if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+    setup_error(r, "%s: %s", dir, strerror(errno));
+    return NULL;
+  }
+  tg_chaos_cluster_config cfg = {.job = job, .dir = dir, .etcd_endpoints = tg_etcd_cluster_endpoints(r->etcd),
+                                 .bins = r->o->bins, .nodes = nodes, .max_nodes = max_nodes,
+                                 .coordinators = coordinators, .persist = persist, .spec = spec,
+                                 .training = &r->o->scenario->training, .params_out = params};
+  tg_chaos_cluster *c = tg_chaos_cluster_new(&cfg, err, sizeof err);
+  if (!c) setup_error(r, "%s", err);
+  return c;
+}
+
+/* Waits until cond(arg) holds; 0, or -1 past timeout_ms or on a stop. */
+static int wait_until(run_state *r, tg_chaos_watch *w, int (*cond)(void *), void *arg, int64_t timeout_ms) {
+  int64_t deadline = tg_clock_mono_ms() + timeout_ms;
+  while (!stopping(r) && tg_clock_mono_ms() < deadline) {
+    if (w) tg_chaos_watch_poll(w);
+    if (cond(arg)) return 0;
+    tg_clock_sleep_ms(POLL_MS * 5);
+  }
+  return -1;
+}
+
+typedef struct {
+  tg_chaos_watch *watch;
+  int64_t steps;
+} done_arg;
+
+static int training_done(void *arg) {
+  done_arg *d = arg;
+  return tg_chaos_watch_done_steps(d->watch) >= d->steps;
+}
+
+/* The same training without faults, on one node: the parameters every
+ * run must end with (the trainer is deterministic across world sizes). */
+static int run_reference(run_state *r) {
+  const tg_chaos_scenario *s = r->o->scenario;
+  tg_chaos_result *res = r->res;
+  if (r->o->reference && access(r->o->reference, R_OK) == 0) {
+    snprintf(res->reference_params, sizeof res->reference_params, "%s", r->o->reference);
+    TG_INFO("reference: reusing %s", r->o->reference);
+    return 0;
+  }
+  char job[64], dir[320];
+  snprintf(job, sizeof job, "chaosref-%d-%lld", (int)getpid(), (long long)(tg_clock_unix_ms() % 1000000000));
+  snprintf(dir, sizeof dir, "%s/reference", r->dir);
+  snprintf(res->reference_params, sizeof res->reference_params, "%s/reference.params", r->dir);
+  tg_chaos_cluster_spec spec = s->cluster;
+  spec.min_nodes = 1;
+  int64_t t0 = tg_clock_mono_ms();
+  tg_chaos_cluster *c = new_cluster(r, job, dir, 1, 1, 1, 0, &spec, res->reference_params);
+  if (!c) return -1;
+  TG_INFO("reference: training %lld steps without faults on 1 node x %d slots (job %s)",
+          (long long)s->training.steps, s->cluster.slots, job);
+  char err[256];
+  tg_chaos_watch *w = tg_chaos_watch_new(c);
+  int rc = -1;
+  if (!w) {
+    setup_error(r, "out of memory");
+  } else if (tg_chaos_cluster_start_coordinator(c, 0, err, sizeof err) != 0 ||
+             tg_chaos_cluster_start_agent(c, 0, err, sizeof err) != 0) {
+    setup_error(r, "reference run: %s", err);
+  } else {
+    done_arg d = {w, s->training.steps};
+    if (wait_until(r, w, training_done, &d, s->deadline_s * 1000) != 0)
+      setup_error(r, "reference run: %s after step %lld of %lld", stopping(r) ? "stopped by a signal" :
+                  "did not finish within deadline_s (keep the logs with --keep-logs)",
+                  (long long)tg_chaos_watch_max_step(w), (long long)s->training.steps);
+    else if (access(res->reference_params, R_OK) != 0)
+      setup_error(r, "reference run: finished but wrote no %s", res->reference_params);
+    else
+      rc = 0;
+  }
+  tg_chaos_watch_free(w);
+  tg_chaos_cluster_free(c);
+  res->reference_ms = tg_clock_mono_ms() - t0;
+  res->reference_ran = 1;
+  if (rc == 0 && r->o->reference) {
+    if (copy_file(res->reference_params, r->o->reference) != 0)
+      TG_WARN("reference: cannot write %s; using the copy in the run directory", r->o->reference);
+    else
+      snprintf(res->reference_params, sizeof res->reference_params, "%s", r->o->reference);
+  }
+  if (rc == 0) TG_INFO("reference: done in %.1f s", (double)res->reference_ms / 1000.0);
+  return rc;
+}
+
+typedef struct {
+  tg_chaos_poller *poller;
+  const char *leader;
+  uint32_t spares;
+} status_arg;
+
+static int leader_is(void *arg) {
+  status_arg *a = arg;
+  tg_chaos_status st;
+  tg_chaos_poller_get(a->poller, &st);
+  return st.ok && strcmp(st.leader, a->leader) == 0;
+}
+
+static int spares_in(void *arg) {
+  status_arg *a = arg;
+  tg_chaos_status st;
+  tg_chaos_poller_get(a->poller, &st);
+  return st.ok && st.nodes_spare >= a->spares;
+}
+
+static int first_step(void *arg) { return tg_chaos_watch_max_step(arg) > 0; }
+
+/* Coordinators (c0 first, so it leads), the agents, then once the first
+ * world trains, the spares (registered after it formed: spares). */
+static int start_job(run_state *r, tg_chaos_ctx *ctx) {
+  const tg_chaos_scenario *s = r->o->scenario;
+  char err[256];
+  status_arg sa = {ctx->poller, "c0", (uint32_t)s->cluster.spares};
+  if (tg_chaos_cluster_start_coordinator(ctx->cluster, 0, err, sizeof err) != 0)
+    return setup_error(r, "coordinator c0: %s", err);
+  if (wait_until(r, NULL, leader_is, &sa, LEADER_TIMEOUT_MS) != 0)
+    return setup_error(r, "coordinator c0 did not answer as leader within %d s", LEADER_TIMEOUT_MS / 1000);
+  for (int i = 1; i < s->cluster.coordinators; i++)
+    if (tg_chaos_cluster_start_coordinator(ctx->cluster, i, err, sizeof err) != 0)
+      return setup_error(r, "coordinator c%d: %s", i, err);
+  for (int i = 0; i < s->cluster.agents; i++)
+    if (tg_chaos_cluster_start_agent(ctx->cluster, i, err, sizeof err) != 0) return setup_error(r, "agent n%d: %s", i, err);
+  if (wait_until(r, ctx->watch, first_step, ctx->watch, FIRST_STEP_TIMEOUT_MS) != 0)
+    return stopping(r) ? setup_error(r, "stopped by a signal before the job trained")
+                       : setup_error(r, "the job did not start: no training step logged within %d s (keep the logs "
+                                     "with --keep-logs)", FIRST_STEP_TIMEOUT_MS / 1000);
+  r->res->training_started_unix_ms = tg_chaos_watch_first_step_unix_ms(ctx->watch);
+  for (int i = s->cluster.agents; i < s->cluster.agents + s->cluster.spares; i++)
+    if (tg_chaos_cluster_start_agent(ctx->cluster, i, err, sizeof err) != 0) return setup_error(r, "spare n%d: %s", i, err);
+  if (s->cluster.spares && wait_until(r, NULL, spares_in, &sa, SPARES_TIMEOUT_MS) != 0 && !stopping(r))
+    TG_WARN("the coordinators do not count %d spares after %d s; going on", s->cluster.spares, SPARES_TIMEOUT_MS / 1000);
+  TG_INFO("job %s: training (generation %llu)%s", r->res->job,
+          (unsigned long long)tg_chaos_watch_newest_generation(ctx->watch), s->cluster.spares ? "; spares started" : "");
+  return stopping(r) ? -1 : 0;
+}
+
+/* ------------------------------------------------------------ the timeline */
+
+static void before_injection(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  tg_chaos_watch_poll(ctx->watch);
+  tg_chaos_status st;
+  tg_chaos_poller_get(ctx->poller, &st);
+  f->step_at_injection = tg_chaos_watch_max_step(ctx->watch);
+  f->committed_at_injection = st.ok ? (int64_t)st.committed_step : -1;
+  f->generation_before = tg_chaos_watch_newest_generation(ctx->watch);
+  const tg_chaos_generation *g = tg_chaos_watch_generation(ctx->watch, f->generation_before);
+  f->world_before = g && g->world_size != UINT32_MAX ? g->world_size : st.world_size;
+  f->nodes_before = st.n_nodes;
+}
+
+static void describe_target(const tg_chaos_fault *f, char *buf, size_t len) {
+  if (f->slot >= 0)
+    snprintf(buf, len, "%s slot %d (rank %d)", f->node, f->slot, f->rank);
+  else if (f->node2[0])
+    snprintf(buf, len, "%s and %s", f->node, f->node2);
+  else if (f->coordinator[0])
+    snprintf(buf, len, "leader %s", f->coordinator);
+  else
+    snprintf(buf, len, "%s", f->node[0] ? f->node : "-");
+}
+
+static void fire(tg_chaos_ctx *ctx, tg_chaos_result *res, tg_chaos_fault *f, tg_chaos_fault **inflight) {
+  size_t i = (size_t)(f - res->faults);
+  before_injection(ctx, f);
+  char target[160];
+  if (tg_chaos_inject(ctx, f) != 0) {
+    f->state = TG_CHAOS_SKIPPED;
+    TG_WARN("fault #%zu %s: skipped at step %lld: %s", i, tg_chaos_kind_name(f->spec.kind),
+            (long long)f->step_at_injection, f->note);
+    return;
+  }
+  f->state = TG_CHAOS_IN_FLIGHT;
+  *inflight = f;
+  describe_target(f, target, sizeof target);
+  TG_INFO("fault #%zu %s%s: injected into %s at step %lld (generation %llu, committed step %lld)", i,
+          tg_chaos_kind_name(f->spec.kind), f->soak ? " (soak)" : "", target, (long long)f->step_at_injection,
+          (unsigned long long)f->generation_before, (long long)f->committed_at_injection);
+}
+
+static void finished(tg_chaos_ctx *ctx, tg_chaos_result *res, tg_chaos_fault *f) {
+  size_t i = (size_t)(f - res->faults);
+  tg_chaos_match_fault_log(ctx, res->faults, res->n_faults);
+  if (f->state == TG_CHAOS_RECOVERED && f->resumed)
+    TG_INFO("fault #%zu %s: recovered in %lld ms (generation %llu -> %llu, %u -> %u ranks, resumed at step %lld, "
+            "%lld steps lost)%s%s", i, tg_chaos_kind_name(f->spec.kind),
+            (long long)(f->recovered_unix_ms - f->injected_unix_ms), (unsigned long long)f->generation_before,
+            (unsigned long long)f->generation_after, f->world_before, f->world_after, (long long)f->resume_step,
+            (long long)f->steps_lost, f->note[0] ? ": " : "", f->note);
+  else if (f->state == TG_CHAOS_RECOVERED)
+    TG_INFO("fault #%zu %s: recovered in %lld ms without a new world (generation %llu)%s%s", i,
+            tg_chaos_kind_name(f->spec.kind), (long long)(f->recovered_unix_ms - f->injected_unix_ms),
+            (unsigned long long)f->generation_after, f->note[0] ? ": " : "", f->note);
+  else
+    TG_WARN("fault #%zu %s: not recovered: %s", i, tg_chaos_kind_name(f->spec.kind), f->note);
+}
+
+static int triggered(const tg_chaos_fault_spec *spec, tg_chaos_ctx *ctx, int64_t training_started) {
+  if (spec->at_step >= 0) return tg_chaos_watch_max_step(ctx->watch) >= spec->at_step;
+  return tg_clock_unix_ms() - training_started >= spec->at_ms;
+}
+
+/* The soak's next fault: a kind drawn among those the job can take now. */
+static tg_chaos_fault *soak_fault(tg_chaos_ctx *ctx, tg_chaos_result *res, int64_t at_step) {
+  const tg_chaos_scenario *s = ctx->s;
+  tg_chaos_kind feasible[TG_CHAOS_KIND_COUNT];
+  uint32_t n = 0;
+  for (size_t i = 0; i < s->n_soak_kinds; i++)
+    if (tg_chaos_feasible(ctx, s->soak_kinds[i])) feasible[n++] = s->soak_kinds[i];
+  if (n == 0) return NULL;
+  tg_chaos_fault_spec spec = {.kind = feasible[tg_chaos_draw(ctx, n)], .at_step = at_step, .at_ms = -1,
+                              .random_target = 1, .slot = -1};
+  return add_fault(res, &spec, 1);
+}
+
+static void timeline(run_state *r, tg_chaos_ctx *ctx) {
+  const tg_chaos_scenario *s = r->o->scenario;
+  tg_chaos_result *res = r->res;
+  size_t next = 0;
+  tg_chaos_fault *inflight = NULL;
+  int64_t deadline = tg_clock_mono_ms() + s->deadline_s * 1000, soak_until = 0, soak_next = -1;
+  const char *ended = NULL;
+  for (;;) {
+    if (stopping(r)) {
+      res->interrupted = 1;
+      ended = "stopped by a signal";
+      break;
+    }
+    if (tg_clock_mono_ms() > deadline) {
+      ended = "the run's deadline passed";
+      TG_WARN("deadline_s (%lld) passed; stopping", (long long)s->deadline_s);
+      break;
+    }
+    tg_chaos_watch_poll(ctx->watch);
+    if (inflight && tg_chaos_track(ctx, inflight)) {
+      finished(ctx, res, inflight);
+      inflight = NULL;
+      soak_next = tg_chaos_watch_max_step(ctx->watch) + s->soak_every_steps;
+    }
+    int done = tg_chaos_watch_done_steps(ctx->watch) >= s->training.steps;
+    if (done) {
+      ended = "training ended first";
+      break;
+    }
+    if (!inflight && next < s->n_faults) {
+      if (triggered(&s->faults[next], ctx, res->training_started_unix_ms)) {
+        tg_chaos_fault *f = add_fault(res, &s->faults[next++], 0);
+        if (f) fire(ctx, res, f, &inflight);
+      }
+    } else if (!inflight && s->has_soak) {
+      if (!soak_until) {
+        soak_until = tg_clock_mono_ms() + s->soak_ms;
+        res->soak_started_unix_ms = tg_clock_unix_ms();
+        soak_next = tg_chaos_watch_max_step(ctx->watch) + s->soak_every_steps;
+        TG_INFO("soak: a fault every %lld steps for %.1f min", (long long)s->soak_every_steps,
+                (double)s->soak_ms / 60000.0);
+      }
+      if (tg_clock_mono_ms() < soak_until && soak_next < s->training.steps &&
+          tg_chaos_watch_max_step(ctx->watch) >= soak_next) {
+        tg_chaos_fault *f = soak_fault(ctx, res, soak_next);
+        if (f) fire(ctx, res, f, &inflight);
+        if (!inflight) soak_next += s->soak_every_steps; /* nothing fired: try again later */
+      }
+    }
+    tg_clock_sleep_ms(POLL_MS);
+  }
+  if (res->soak_started_unix_ms) {
+    int64_t end = res->soak_started_unix_ms + s->soak_ms;
+    res->soak_ended_unix_ms = tg_clock_unix_ms() < end ? tg_clock_unix_ms() : end;
+  }
+  /* One last look before giving up on a fault in flight. */
+  tg_chaos_watch_poll(ctx->watch);
+  if (inflight && tg_chaos_track(ctx, inflight)) {
+    finished(ctx, res, inflight);
+    inflight = NULL;
+  }
+  if (inflight) {
+    tg_chaos_abandon(inflight, ended);
+    finished(ctx, res, inflight);
+  }
+  for (; next < s->n_faults; next++) {
+    tg_chaos_fault *f = add_fault(res, &s->faults[next], 0);
+    if (!f) break;
+    f->state = TG_CHAOS_SKIPPED;
+    snprintf(f->note, sizeof f->note, "never triggered: %s", ended);
+  }
+}
+
+/* ------------------------------------------------------------ the run */
+
+static void keep_logs(run_state *r) {
+  const char *to = r->o->keep_logs;
+  if (!to) return;
+  char logs[320], ref[320], ref_to[1100];
+  snprintf(logs, sizeof logs, "%s/logs/.", r->dir);
+  snprintf(ref, sizeof ref, "%s/reference/logs/.", r->dir);
+  snprintf(ref_to, sizeof ref_to, "%s/reference", to);
+  const char *mk[] = {"mkdir", "-p", to, ref_to, NULL};
+  const char *cp[] = {"cp", "-r", logs, to, NULL};
+  const char *cp_ref[] = {"cp", "-r", ref, ref_to, NULL};
+  if (run_command(mk) != 0 || (access(logs, F_OK) == 0 && run_command(cp) != 0)) {
+    TG_WARN("cannot copy the logs to %s", to);
+    return;
+  }
+  if (access(ref, F_OK) == 0) run_command(cp_ref);
+  /* The parameter files too, for a look at what differed. */
+  char path[1100];
+  snprintf(path, sizeof path, "%s/chaos.params", to);
+  if (access(r->res->params, R_OK) == 0) copy_file(r->res->params, path);
+  snprintf(path, sizeof path, "%s/reference.params", to);
+  if (access(r->res->reference_params, R_OK) == 0 && strncmp(r->res->reference_params, r->dir, strlen(r->dir)) == 0)
+    copy_file(r->res->reference_params, path);
+  snprintf(r->res->logs_kept, sizeof r->res->logs_kept, "%s", to);
+}
+
+int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
+  const tg_chaos_scenario *s = o->scenario;
+  memset(res, 0, sizeof *res);
+  res->scenario = s;
+  snprintf(res->scenario_path, sizeof res->scenario_path, "%s", o->scenario_path);
+  res->started_unix_ms = tg_clock_unix_ms();
+  snprintf(res->job, sizeof res->job, "chaos-%d-%lld", (int)getpid(), (long long)(res->started_unix_ms % 1000000000));
+  run_state r = {.o = o, .res = res};
+  tg_chaos_ctx ctx = {.s = s, .rng = s->seed};
+  char err[512];
+  int ran = 0;
+
+  /* Short: agents' unix sockets live below it. */
+  snprintf(r.dir, sizeof r.dir, "/tmp/tg-chaos-XXXXXX");
+  if (!mkdtemp(r.dir)) {
+    r.dir[0] = '\0';
+    setup_error(&r, "cannot make a directory under /tmp: %s", strerror(errno));
+    goto out;
+  }
+  TG_INFO("scenario %s: run directory %s", s->name, r.dir);
+  r.etcd = tg_etcd_cluster_start(1, err, sizeof err);
+  if (!r.etcd) {
+    setup_error(&r, "etcd: %s", err);
+    goto out;
+  }
+  if (run_reference(&r) != 0) goto out;
+
+  snprintf(res->params, sizeof res->params, "%s/chaos.params", r.dir);
+  ctx.cluster = new_cluster(&r, res->job, r.dir, s->cluster.agents + s->cluster.spares, s->cluster.agents,
+                            s->cluster.coordinators, 1, &s->cluster, res->params);
+  if (!ctx.cluster) goto out;
+  ctx.watch = tg_chaos_watch_new(ctx.cluster);
+  ctx.poller = ctx.watch ? tg_chaos_poller_start(tg_chaos_cluster_coordinators(ctx.cluster), STATUS_PERIOD_MS, err,
+                                                 sizeof err)
+                         : NULL;
+  if (!ctx.poller) {
+    setup_error(&r, "status poller: %s", ctx.watch ? err : "out of memory");
+    goto out;
+  }
+  TG_INFO("job %s: %d agents x %d slots, %d spare(s), %d coordinator(s); %lld steps", res->job, s->cluster.agents,
+          s->cluster.slots, s->cluster.spares, s->cluster.coordinators, (long long)s->training.steps);
+  if (start_job(&r, &ctx) != 0) {
+    if (stopping(&r)) res->interrupted = 1;
+    goto out;
+  }
+  ran = 1;
+  timeline(&r, &ctx);
+  tg_chaos_match_fault_log(&ctx, res->faults, res->n_faults);
+
+out:
+  if (stopping(&r)) res->interrupted = 1;
+  if (ctx.watch) {
+    tg_chaos_watch_poll(ctx.watch);
+    res->final_step = tg_chaos_watch_max_step(ctx.watch);
+    res->done_steps = tg_chaos_watch_done_steps(ctx.watch);
+    res->final_generation = tg_chaos_watch_newest_generation(ctx.watch);
+    const tg_chaos_generation *g = tg_chaos_watch_generation(ctx.watch, res->final_generation);
+    res->final_world = g && g->world_size != UINT32_MAX ? g->world_size : 0;
+    const tg_chaos_generation *gens;
+    res->generations = tg_chaos_watch_generations(ctx.watch, &gens);
+  }
+  tg_chaos_poller_stop(ctx.poller);
+  tg_chaos_cluster_free(ctx.cluster);
+  if (ran && !res->interrupted)
+    tg_chaos_check_invariants(&ctx, res, res->params, res->reference_params);
+  tg_chaos_watch_free(ctx.watch);
+  tg_etcd_cluster_free(r.etcd);
+  if (r.dir[0]) {
+    keep_logs(&r);
+    const char *rm[] = {"rm", "-rf", r.dir, NULL};
+    run_command(rm);
+    /* What lived in the run directory is gone now. */
+    if (strncmp(res->reference_params, r.dir, strlen(r.dir)) == 0) res->reference_params[0] = '\0';
+    res->params[0] = '\0';
+  }
+  res->finished_unix_ms = tg_clock_unix_ms();
+  if (res->interrupted)
+    res->exit_code = 130;
+  else if (res->error[0] || !res->invariants_checked)
+    res->exit_code = 2;
+  else {
+    res->exit_code = 0;
+    for (int i = 0; i < TG_CHAOS_INVARIANTS; i++)
+      if (!res->invariants[i].pass) res->exit_code = 1;
+  }
+  return res->exit_code;
+}
+
+void tg_chaos_result_free(tg_chaos_result *res) {
+  if (!res) return;
+  free(res->faults);
+  res->faults = NULL;
+  res->n_faults = res->cap_faults = 0;
+}

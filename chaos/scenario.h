@@ -1,0 +1,112 @@
+/* A tg-chaos scenario: the cluster to start, the training to run and the
+ * faults to inject, read from a JSON file (format in chaos/README.md).
+ *
+ * Everything in the file is checked here, once, before any process starts:
+ * unknown fields (a typo would otherwise silently change the scenario),
+ * types, ranges, and the combinations a kind needs (a coordinator crash
+ * needs a standby, losing every copy needs three nodes). Each error is one
+ * line naming the field, e.g. "faults[2].target.slot: must be an integer in
+ * 0..1, got 4". Sizes are bounded so a hostile file cannot make tg-chaos
+ * start thousands of processes or allocate without limit. */
+#ifndef TG_CHAOS_SCENARIO_H
+#define TG_CHAOS_SCENARIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Bounds on what a scenario may ask for. */
+#define TG_CHAOS_MAX_FILE_BYTES (1 << 20)
+#define TG_CHAOS_MAX_AGENTS 16
+#define TG_CHAOS_MAX_SPARES 8
+#define TG_CHAOS_MAX_NODES (TG_CHAOS_MAX_AGENTS + TG_CHAOS_MAX_SPARES)
+#define TG_CHAOS_MAX_SLOTS 8
+#define TG_CHAOS_MAX_RANKS (TG_CHAOS_MAX_NODES * TG_CHAOS_MAX_SLOTS)
+#define TG_CHAOS_MAX_COORDINATORS 3
+#define TG_CHAOS_MAX_FAULTS 256
+#define TG_CHAOS_NAME_MAX 64
+
+/* The fault kinds this cut injects. */
+typedef enum {
+  TG_CHAOS_TRAINER_CRASH = 0,  /* SIGKILL one trainer */
+  TG_CHAOS_TRAINER_SEGV,       /* SIGSEGV one trainer */
+  TG_CHAOS_HANG,               /* SIGSTOP one trainer */
+  TG_CHAOS_HOST_LOSS,          /* SIGKILL an agent and its trainers */
+  TG_CHAOS_HOST_RETURN,        /* restart a lost agent with its node id */
+  TG_CHAOS_DRAIN,              /* tgctl drain NODE */
+  TG_CHAOS_COORDINATOR_CRASH,  /* SIGKILL the leading coordinator */
+  TG_CHAOS_CORRUPT_REPLICA,    /* corrupt a shard's copies in a node's memory, then kill its trainer */
+  TG_CHAOS_LOSE_ALL_COPIES,    /* host_loss of the nodes at ring positions 1 and 2 at once */
+  TG_CHAOS_KIND_COUNT
+} tg_chaos_kind;
+
+/* "trainer_crash", ... */
+const char *tg_chaos_kind_name(tg_chaos_kind kind);
+
+/* The kind named `name`; -1 for a name nobody knows, -2 for a kind that
+ * is planned but not supported yet (see chaos/README.md). */
+int tg_chaos_kind_parse(const char *name);
+
+/* What a kind's target is: a trainer (node and slot), a node, or nothing
+ * the scenario chooses (the leader; the nodes at positions 1 and 2). */
+typedef enum { TG_CHAOS_TARGET_TRAINER, TG_CHAOS_TARGET_NODE, TG_CHAOS_TARGET_NONE } tg_chaos_target_type;
+tg_chaos_target_type tg_chaos_kind_target(tg_chaos_kind kind);
+
+/* One fault of the timeline. Exactly one of at_step / at_ms is >= 0. */
+typedef struct {
+  tg_chaos_kind kind;
+  int64_t at_step;             /* inject once the trainers have logged this step; -1: unused */
+  int64_t at_ms;               /* inject this long after the first training step; -1: unused */
+  int random_target;           /* 1: drawn from the seed when the fault fires */
+  char node[TG_CHAOS_NAME_MAX]; /* explicit target node ("n2"), or "" */
+  int slot;                    /* explicit target slot, or -1 */
+} tg_chaos_fault_spec;
+
+typedef struct {
+  int agents;       /* nodes that form the first world */
+  int slots;        /* trainers (ranks) per node */
+  int spares;       /* nodes started after the first world formed: spares */
+  int coordinators; /* tg-coordinators against one etcd (1: no HA) */
+  int min_nodes;    /* the coordinators' --min-nodes */
+  int64_t heartbeat_timeout_ms;
+  int64_t persist_every; /* agents persist steps that are multiples of this to disk */
+  int64_t hang_floor_ms; /* the agents' shortest hang timeout */
+  int64_t ckpt_mib;      /* each node's in-memory checkpoint store */
+} tg_chaos_cluster_spec;
+
+/* Passed to tg-train (same names as its flags). */
+typedef struct {
+  int64_t steps, width, depth, context, batch, micro, seed;
+  char corpus[512]; /* "" for tg-train's default */
+} tg_chaos_training_spec;
+
+typedef struct {
+  char name[TG_CHAOS_NAME_MAX];
+  char description[512];
+  uint64_t seed;
+  tg_chaos_cluster_spec cluster;
+  tg_chaos_training_spec training;
+  int64_t deadline_s;          /* the whole run, reference excluded */
+  int64_t recovery_timeout_s;  /* per fault, from injection to recovery */
+  tg_chaos_fault_spec *faults; /* in the order they are injected */
+  size_t n_faults;
+  /* Soak: after the listed faults, a fault of a kind drawn from soak_kinds
+   * every soak_every_steps steps until soak_ms have passed. */
+  int has_soak;
+  int64_t soak_ms;
+  int64_t soak_every_steps;
+  tg_chaos_kind soak_kinds[TG_CHAOS_KIND_COUNT];
+  size_t n_soak_kinds;
+} tg_chaos_scenario;
+
+/* Parses and validates a scenario. NULL with one line in err on failure. */
+tg_chaos_scenario *tg_chaos_scenario_parse(const char *text, size_t len, char *err, size_t errlen);
+
+/* The same from a file (at most TG_CHAOS_MAX_FILE_BYTES). */
+tg_chaos_scenario *tg_chaos_scenario_load(const char *path, char *err, size_t errlen);
+
+void tg_chaos_scenario_free(tg_chaos_scenario *s);
+
+/* Node ids are "n0".."n<agents+spares-1>": the index of `id`, or -1. */
+int tg_chaos_node_index(const tg_chaos_scenario *s, const char *id);
+
+#endif

@@ -1,0 +1,145 @@
+/* Scenario files: every shipped scenario parses, and bad input gets one
+ * line naming the field and what is wrong. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "chaos/scenario.h"
+
+#define BASE                                                                      \
+  "\"name\": \"t\", \"cluster\": {\"agents\": 4, \"slots\": 2, \"coordinators\": 2}, " \
+  "\"training\": {\"steps\": 100}"
+
+/* Parses text; expects failure with `needle` in the message (NULL: success). */
+static void expect(const char *text, const char *needle) {
+  char err[512] = "";
+  tg_chaos_scenario *s = tg_chaos_scenario_parse(text, strlen(text), err, sizeof err);
+  if (!needle) {
+    if (!s) fail_msg("%s: %s", text, err);
+  } else {
+    if (s) fail_msg("accepted: %s", text);
+    if (!strstr(err, needle)) fail_msg("%s: error \"%s\" lacks \"%s\"", text, err, needle);
+  }
+  tg_chaos_scenario_free(s);
+}
+
+static void test_shipped_scenarios_parse(void **state) {
+  (void)state;
+  const char *names[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
+                         "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    char path[256], err[512];
+    snprintf(path, sizeof path, "chaos/scenarios/%s.json", names[i]);
+    tg_chaos_scenario *s = tg_chaos_scenario_load(path, err, sizeof err);
+    if (!s) fail_msg("%s", err);
+    tg_chaos_scenario_free(s);
+  }
+}
+
+static void test_good_scenario(void **state) {
+  (void)state;
+  const char *text = "{" BASE ", \"seed\": 9, \"faults\": ["
+                     "{\"at_step\": 10, \"kind\": \"trainer_crash\", \"target\": {\"node\": \"n2\", \"slot\": 1}},"
+                     "{\"at_ms\": 500, \"kind\": \"hang\", \"target\": \"random\"},"
+                     "{\"at_step\": 30, \"kind\": \"host_loss\"},"
+                     "{\"at_step\": 40, \"kind\": \"host_return\", \"target\": \"random\"},"
+                     "{\"at_step\": 50, \"kind\": \"coordinator_crash\"}]}";
+  char err[512];
+  tg_chaos_scenario *s = tg_chaos_scenario_parse(text, strlen(text), err, sizeof err);
+  if (!s) fail_msg("%s", err);
+  assert_int_equal(s->n_faults, 5);
+  assert_int_equal(s->seed, 9);
+  assert_int_equal(s->cluster.min_nodes, 4);
+  assert_int_equal(s->cluster.slots, 2);
+  assert_int_equal(s->training.width, 32);
+  assert_string_equal(s->faults[0].node, "n2");
+  assert_int_equal(s->faults[0].slot, 1);
+  assert_int_equal(s->faults[0].random_target, 0);
+  assert_int_equal(s->faults[1].at_ms, 500);
+  assert_int_equal(s->faults[1].at_step, -1);
+  assert_int_equal(s->faults[2].random_target, 1);
+  assert_int_equal(tg_chaos_node_index(s, "n3"), 3);
+  assert_int_equal(tg_chaos_node_index(s, "n4"), -1);
+  assert_int_equal(tg_chaos_node_index(s, "n03"), -1);
+  tg_chaos_scenario_free(s);
+}
+
+static void test_bad_input(void **state) {
+  (void)state;
+  expect("{" BASE "", "not valid JSON");
+  expect("[]", "must be an object");
+  expect("{" BASE ", \"sed\": 1}", "sed: unknown field");
+  expect("{" BASE ", \"seed\": 1, \"seed\": 2}", "seed: given twice");
+  expect("{\"name\": \"a b\", \"cluster\": {\"agents\": 1}, \"training\": {\"steps\": 5}}", "name: must be");
+  expect("{\"name\": \"t\", \"training\": {\"steps\": 5}}", "cluster: missing");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 0}, \"training\": {\"steps\": 5}}",
+         "cluster.agents: must be an integer in 1..16, got 0");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2, \"agnets\": 2}, \"training\": {\"steps\": 5}}",
+         "cluster.agnets: unknown field");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2, \"min_nodes\": 3}, \"training\": {\"steps\": 5}}",
+         "cluster.min_nodes: must be an integer in 1..2");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5.5}}", "training.steps");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5, \"micro\": 5}}",
+         "training.micro: must divide");
+  expect("{" BASE ", \"faults\": {}}", "faults: must be a list");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5}]}", "faults[0].kind: missing");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"nic_down\"}]}", "is not supported yet");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"meteor\"}]}", "unknown kind");
+  expect("{" BASE ", \"faults\": [{\"kind\": \"hang\"}]}", "exactly one of at_step and at_ms");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 100, \"kind\": \"hang\"}]}", "faults[0].at_step: must be");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"hang\", \"target\": {\"node\": \"n9\", \"slot\": 0}}]}",
+         "no node \"n9\"");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"hang\", \"target\": {\"node\": \"n1\", \"slot\": 2}}]}",
+         "faults[0].target.slot: must be an integer in 0..1");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"hang\", \"target\": {\"node\": \"n1\"}}]}",
+         "target.slot: missing");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"drain\", \"target\": {\"node\": \"n1\", \"slot\": 0}}]}",
+         "target.slot: unknown field");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"coordinator_crash\", \"target\": \"random\"}]}",
+         "takes no target");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 50}, "
+         "\"faults\": [{\"at_step\": 5, \"kind\": \"coordinator_crash\"}]}",
+         "needs cluster.coordinators >= 2");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 50}, "
+         "\"faults\": [{\"at_step\": 25, \"kind\": \"lose_all_copies\"}]}",
+         "needs cluster.agents >= 3");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"lose_all_copies\"}]}", "leaves 2 nodes");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 4, \"min_nodes\": 2}, \"training\": {\"steps\": 50}, "
+         "\"faults\": [{\"at_step\": 15, \"kind\": \"lose_all_copies\"}]}",
+         "must exceed cluster.persist_every");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"host_return\"}]}", "needs an earlier host_loss");
+  expect("{" BASE ", \"soak\": {\"minutes\": 0, \"every_steps\": 5, \"kinds\": [\"hang\"]}}", "soak.minutes");
+  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": []}}", "soak.kinds: must be");
+  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"hang\", \"hang\"]}}",
+         "listed twice");
+  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"gpu_xid\"]}}",
+         "not supported yet");
+}
+
+static void test_size_bound(void **state) {
+  (void)state;
+  char err[256];
+  size_t len = TG_CHAOS_MAX_FILE_BYTES + 1;
+  char *big = malloc(len);
+  assert_non_null(big);
+  memset(big, ' ', len);
+  assert_null(tg_chaos_scenario_parse(big, len, err, sizeof err));
+  assert_non_null(strstr(err, "larger than"));
+  free(big);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_shipped_scenarios_parse),
+      cmocka_unit_test(test_good_scenario),
+      cmocka_unit_test(test_bad_input),
+      cmocka_unit_test(test_size_bound),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
