@@ -1,6 +1,7 @@
-/* tg-train's GPU path in a build without CUDA (see train_gpu.h): Bazel
- * found no /usr/local/cuda (bazel/cuda.bzl), so --device cuda can only
- * say why it is not there. */
+/* tg-train's GPU path where there is none (see train_gpu.h): the CPU
+ * binary tg-train, which does not load cuBLAS (its start costs ~0.4 s),
+ * so --device cuda can only say where the GPU path is: tg-train-cuda,
+ * built where CUDA is installed (bazel/cuda.bzl). */
 #include "trainer/train/train_gpu.h"
 
 #include <stdio.h>
@@ -8,8 +9,8 @@
 int train_gpu_built(char *err, size_t errlen) {
   if (err && errlen)
     snprintf(err, errlen,
-             "this tg-train was built without CUDA (no /usr/local/cuda or "
-             "$TG_CUDA_PATH at build time); rebuild where CUDA is installed, or use --device cpu");
+             "this is the CPU build of tg-train; run tg-train-cuda (//trainer:tg-train-cuda, "
+             "built where /usr/local/cuda or $TG_CUDA_PATH exists), or use --device cpu");
   return 0;
 }
 
