@@ -274,12 +274,14 @@ static void on_trainer_exit(int slot, pid_t pid, int exit_code, int sig, int wil
     pthread_mutex_lock(&a->mu);
     tg_progress_forget(a->detector, slot);
     a->slots[slot].has_progress = 0;
+    a->stop_reported[slot] = 1; /* its alive counter stops: not a hang */
     pthread_mutex_unlock(&a->mu);
     return;
   }
   pthread_mutex_lock(&a->mu);
   int rank = slot_rank(a, slot);
   a->slots[slot].pid = 0;
+  a->stop_reported[slot] = 1; /* until a restarted trainer counts again */
   pthread_mutex_unlock(&a->mu);
   char detail[200];
   if (sig)
@@ -315,6 +317,7 @@ static void read_counters(tg_agent *a) {
     if (tg_counters_read_alive(a->counters, (int)s, &alive) == 0 && alive != a->seen_alive[s]) {
       a->seen_alive[s] = alive;
       a->alive_changed_ms[s] = now;
+      a->stop_reported[s] = 0;
     }
     if (a->slots[s].rank < 0 || tg_counters_read(a->counters, (int)s, &gen, &seq) != 0) continue;
     if (gen != a->slots[s].generation || seq <= a->seen_seq[s]) continue;
@@ -330,12 +333,36 @@ static void read_counters(tg_agent *a) {
 /* A local trainer in the current world whose alive counter stopped
  * moving while its process still exists: stopped inside a collective its
  * peers entered too. -1 if none (mu held). */
+static int alive_stalled(const tg_agent *a, int slot, int64_t now, int64_t stall_ms) {
+  return a->seen_alive[slot] > 0 && now - a->alive_changed_ms[slot] > stall_ms;
+}
+
 static int stopped_slot(tg_agent *a) {
   int64_t now = tg_clock_mono_ms();
   for (int64_t s = 0; s < a->cfg.slots; s++)
-    if (a->slots[s].rank >= 0 && a->seen_alive[s] > 0 && now - a->alive_changed_ms[s] > ALIVE_STALL_MS)
-      return (int)s;
+    if (a->slots[s].rank >= 0 && alive_stalled(a, (int)s, now, ALIVE_STALL_MS)) return (int)s;
   return -1;
+}
+
+/* A trainer of the current world that stopped altogether (its alive
+ * counter still for the hang floor) is a hang whether or not its peers
+ * have noticed yet: it may not have joined the world at all, and then no
+ * collective waits on it here, while the others wait for it to join.
+ * Reported and killed once per stop (mu held; released around the report). */
+static void report_stopped(tg_agent *a, int64_t now) {
+  for (int s = 0; s < (int)a->cfg.slots; s++) {
+    int rank = slot_rank(a, s);
+    if (rank < 0 || a->stop_reported[s] || !alive_stalled(a, s, now, a->cfg.hang_floor_ms)) continue;
+    a->stop_reported[s] = 1;
+    char detail[256];
+    snprintf(detail, sizeof detail, "slot %d (rank %d) stopped: its alive counter has not moved for %" PRId64 " ms",
+             s, rank, now - a->alive_changed_ms[s]);
+    pthread_mutex_unlock(&a->mu);
+    tg_agent_report(a, TARDIGRADE__V1__FAULT_KIND__FAULT_HANG, TARDIGRADE__V1__SEVERITY__SEVERITY_ERROR, rank,
+                    detail, 0, "", NULL);
+    if (a->supervisor) tg_supervisor_signal(a->supervisor, s, SIGKILL);
+    pthread_mutex_lock(&a->mu);
+  }
 }
 
 /* Every MONITOR_MS: run the hang and straggler detector over local ranks. */
@@ -345,13 +372,22 @@ static void *monitor_main(void *arg) {
   while (!a->stopping) {
     read_counters(a);
     tg_progress_event ev[TG_AGENT_MAX_SLOTS];
-    int n = tg_progress_evaluate(a->detector, tg_clock_mono_ms(), ev, TG_AGENT_MAX_SLOTS);
+    int64_t now_ms = tg_clock_mono_ms();
+    int n = tg_progress_evaluate(a->detector, now_ms, ev, TG_AGENT_MAX_SLOTS);
+    report_stopped(a, now_ms);
     int whole_world = a->update && a->update->world &&
                       (int64_t)a->update->world->world_size == a->cfg.slots;
     for (int i = 0; i < n; i++) {
       int slot = ev[i].rank;
       int hang = ev[i].kind == TG_PROGRESS_HANG;
-      if (hang && slot < 0) slot = stopped_slot(a);
+      /* The rank the detector finds behind may be waiting inside an
+       * earlier collective that a stopped peer elsewhere holds up (a ring
+       * finishes a collective at different times on different ranks):
+       * alive and inside a collective, it is a victim, not the culprit. */
+      if (hang && slot >= 0 && tg_counters_inside(a->counters, slot) == 1 && !alive_stalled(a, slot, now_ms, ALIVE_STALL_MS))
+        slot = -1;
+      int stopped = 0;
+      if (hang && slot < 0) stopped = (slot = stopped_slot(a)) >= 0;
       int rank = slot_rank(a, slot); /* in the current world, joined or not */
       if (hang && slot < 0 && !whole_world) {
         /* Every local rank waits in the same collective: they are victims
@@ -359,8 +395,16 @@ static void *monitor_main(void *arg) {
         TG_INFO("local ranks wait in collective %" PRIu64 " for a rank on another node", ev[i].seq);
         continue;
       }
-      char detail[TG_PROGRESS_DETAIL_MAX + 64];
-      snprintf(detail, sizeof detail, "%s%s", slot >= 0 ? "" : "culprit unknown: ", ev[i].detail);
+      /* The detector counts local slots as its "ranks": say which world
+       * rank the culprit is, and how it was found. */
+      char detail[TG_PROGRESS_DETAIL_MAX + 128];
+      if (slot < 0)
+        snprintf(detail, sizeof detail, "culprit unknown: %s", ev[i].detail);
+      else if (stopped)
+        snprintf(detail, sizeof detail, "slot %d (rank %d) stopped inside collective %" PRIu64 " (alive counter still); %s",
+                 slot, rank, ev[i].seq, ev[i].detail);
+      else
+        snprintf(detail, sizeof detail, "slot %d (rank %d): %s", slot, rank, ev[i].detail);
       pthread_mutex_unlock(&a->mu);
       tg_agent_report(a,
                       hang ? TARDIGRADE__V1__FAULT_KIND__FAULT_HANG

@@ -62,6 +62,7 @@ struct tg_agent {
   uint64_t seen_seq[TG_AGENT_MAX_SLOTS]; /* as last fed to the detector */
   uint64_t seen_alive[TG_AGENT_MAX_SLOTS];   /* the trainers' alive counters, */
   int64_t alive_changed_ms[TG_AGENT_MAX_SLOTS]; /* and when each last moved */
+  int stop_reported[TG_AGENT_MAX_SLOTS];        /* a stopped trainer was reported (until it moves) */
   int drained;                    /* a clean stop: the store goes too */
   char *nic_names[16];            /* parsed from cfg.nics */
   size_t n_nic_names;

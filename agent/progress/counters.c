@@ -17,7 +17,9 @@ typedef struct {
   _Atomic uint64_t generation;
   _Atomic uint64_t seq;
   _Atomic uint64_t alive;
-  uint64_t pad[5]; /* one cache line per slot: trainers do not share lines */
+  _Atomic uint64_t done_generation; /* the last collective that returned */
+  _Atomic uint64_t done_seq;
+  uint64_t pad[3]; /* one cache line per slot: trainers do not share lines */
 } entry;
 
 typedef struct {
@@ -139,4 +141,21 @@ void tg_counters_set_world(tg_counters *c, uint64_t generation) {
 
 uint64_t tg_counters_world(const tg_counters *c) {
   return c ? atomic_load_explicit(&c->r->world_generation, memory_order_acquire) : 0;
+}
+
+void tg_counters_done(tg_counters *c, int slot, uint64_t generation, uint64_t seq) {
+  if (!c || slot < 0 || slot >= c->slots) return;
+  atomic_store_explicit(&c->r->entries[slot].done_generation, generation, memory_order_relaxed);
+  atomic_store_explicit(&c->r->entries[slot].done_seq, seq, memory_order_release);
+}
+
+int tg_counters_inside(const tg_counters *c, int slot) {
+  if (!c || slot < 0 || slot >= c->slots) return -1;
+  const entry *e = &c->r->entries[slot];
+  uint64_t done = atomic_load_explicit(&e->done_seq, memory_order_acquire);
+  uint64_t done_gen = atomic_load_explicit(&e->done_generation, memory_order_relaxed);
+  uint64_t seq = atomic_load_explicit(&e->seq, memory_order_acquire);
+  uint64_t gen = atomic_load_explicit(&e->generation, memory_order_relaxed);
+  if (seq == 0) return 0;
+  return done_gen != gen || done < seq;
 }

@@ -45,6 +45,16 @@ int tg_counters_slots(const tg_counters *c);
  * Out-of-range slots are ignored. */
 void tg_counters_enter(tg_counters *c, int slot, uint64_t generation, uint64_t seq);
 
+/* The trainer in `slot` left collective `seq` of `generation` (it
+ * returned, successfully or not). */
+void tg_counters_done(tg_counters *c, int slot, uint64_t generation, uint64_t seq);
+
+/* 1 when the trainer in `slot` is inside the collective it entered last
+ * (waiting for its peers), 0 when it is outside any (computing, or stuck
+ * before its next one), -1 for a slot out of range. A rank inside a
+ * collective and still alive is a victim of a hang, never its culprit. */
+int tg_counters_inside(const tg_counters *c, int slot);
+
 /* The trainer in `slot` is alive: libtardigrade calls it from a thread
  * of its own every TG_COUNTERS_ALIVE_MS, so a stopped process (SIGSTOP,
  * a debugger, a frozen container) stops counting while one stuck inside

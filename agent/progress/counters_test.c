@@ -39,6 +39,15 @@ static void test_enter_then_read(void **state) {
   tg_counters_alive(trainer, 1);
   assert_int_equal(tg_counters_read_alive(agent, 1, &alive), 0);
   assert_true(alive == 2);
+  /* Inside or outside the collective entered last. */
+  assert_int_equal(tg_counters_inside(agent, 3), 0); /* none entered yet */
+  tg_counters_enter(trainer, 3, 7, 5);
+  assert_int_equal(tg_counters_inside(agent, 3), 1);
+  tg_counters_done(trainer, 3, 7, 5);
+  assert_int_equal(tg_counters_inside(agent, 3), 0);
+  tg_counters_enter(trainer, 3, 8, 1); /* a new world: the old done does not count */
+  assert_int_equal(tg_counters_inside(agent, 3), 1);
+  assert_int_equal(tg_counters_inside(agent, 9), -1);
   /* The agent's newest world, as the trainer sees it. */
   assert_true(tg_counters_world(trainer) == 0);
   tg_counters_set_world(agent, 12);

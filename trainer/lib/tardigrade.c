@@ -204,6 +204,9 @@ tg_result tg_register(tg_trainer *t, const char *name, void *data, size_t bytes)
 
 /* A communicator failure means the world is gone. */
 static tg_result comm_result(tg_trainer *t, tg_comm_code code, const tg_comm_status *cs) {
+  /* Out of the collective: the agent tells a rank waiting inside one (a
+   * victim) from a rank that never came (the culprit). */
+  tg_counters_done(t->counters, (int)t->slot, t->world.generation, t->collective_seq);
   if (code == TG_COMM_OK) return TG_OK;
   snprintf(t->error, sizeof t->error, "%s: %s", tg_comm_code_name(code), cs->message);
   return TG_WORLD_CHANGED;
