@@ -384,7 +384,10 @@ static void *monitor_main(void *arg) {
        * earlier collective that a stopped peer elsewhere holds up (a ring
        * finishes a collective at different times on different ranks):
        * alive and inside a collective, it is a victim, not the culprit. */
-      if (hang && slot >= 0 && tg_counters_inside(a->counters, slot) == 1 && !alive_stalled(a, slot, now_ms, ALIVE_STALL_MS))
+      /* Nor is a rank still restoring its state in the new world (reading
+       * shards between collectives takes as long as they are large). */
+      if (hang && slot >= 0 && !alive_stalled(a, slot, now_ms, ALIVE_STALL_MS) &&
+          (tg_counters_inside(a->counters, slot) == 1 || tg_counters_restoring(a->counters, slot) == 1))
         slot = -1;
       int stopped = 0;
       if (hang && slot < 0) stopped = (slot = stopped_slot(a)) >= 0;

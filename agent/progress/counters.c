@@ -19,7 +19,8 @@ typedef struct {
   _Atomic uint64_t alive;
   _Atomic uint64_t done_generation; /* the last collective that returned */
   _Atomic uint64_t done_seq;
-  uint64_t pad[3]; /* one cache line per slot: trainers do not share lines */
+  _Atomic uint64_t restoring;       /* joining and restoring, before its first step */
+  uint64_t pad[2]; /* one cache line per slot: trainers do not share lines */
 } entry;
 
 typedef struct {
@@ -158,4 +159,14 @@ int tg_counters_inside(const tg_counters *c, int slot) {
   uint64_t gen = atomic_load_explicit(&e->generation, memory_order_relaxed);
   if (seq == 0) return 0;
   return done_gen != gen || done < seq;
+}
+
+void tg_counters_set_restoring(tg_counters *c, int slot, int restoring) {
+  if (!c || slot < 0 || slot >= c->slots) return;
+  atomic_store_explicit(&c->r->entries[slot].restoring, restoring ? 1 : 0, memory_order_release);
+}
+
+int tg_counters_restoring(const tg_counters *c, int slot) {
+  if (!c || slot < 0 || slot >= c->slots) return -1;
+  return atomic_load_explicit(&c->r->entries[slot].restoring, memory_order_acquire) != 0;
 }

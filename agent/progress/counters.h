@@ -55,6 +55,13 @@ void tg_counters_done(tg_counters *c, int slot, uint64_t generation, uint64_t se
  * collective and still alive is a victim of a hang, never its culprit. */
 int tg_counters_inside(const tg_counters *c, int slot);
 
+/* The trainer in `slot` is joining a world and restoring its state (from
+ * tg_join to its first step done there): reading shards from other nodes
+ * or the disk takes as long as they are large, between collectives, and
+ * is not a hang while the process is alive. 1/0, or -1 out of range. */
+void tg_counters_set_restoring(tg_counters *c, int slot, int restoring);
+int tg_counters_restoring(const tg_counters *c, int slot);
+
 /* The trainer in `slot` is alive: libtardigrade calls it from a thread
  * of its own every TG_COUNTERS_ALIVE_MS, so a stopped process (SIGSTOP,
  * a debugger, a frozen container) stops counting while one stuck inside

@@ -48,6 +48,12 @@ static void test_enter_then_read(void **state) {
   tg_counters_enter(trainer, 3, 8, 1); /* a new world: the old done does not count */
   assert_int_equal(tg_counters_inside(agent, 3), 1);
   assert_int_equal(tg_counters_inside(agent, 9), -1);
+  assert_int_equal(tg_counters_restoring(agent, 2), 0);
+  tg_counters_set_restoring(trainer, 2, 1);
+  assert_int_equal(tg_counters_restoring(agent, 2), 1);
+  tg_counters_set_restoring(trainer, 2, 0);
+  assert_int_equal(tg_counters_restoring(agent, 2), 0);
+  assert_int_equal(tg_counters_restoring(agent, 4), -1);
   /* The agent's newest world, as the trainer sees it. */
   assert_true(tg_counters_world(trainer) == 0);
   tg_counters_set_world(agent, 12);

@@ -332,12 +332,17 @@ static void test_shrink_and_grow_back(void **state) {
   tg_proc_signal(c->agents[3], SIGKILL);
   wait_logs(c, "of 6 (generation", 6);
   for (int i = 0; i < 6; i++)
-    if (trainer_pid(c, i / 2, i % 2) != before[i]) fail_msg("survivor n%d slot %d was restarted", i / 2, i % 2);
+    if (trainer_pid(c, i / 2, i % 2) != before[i]) {
+      stop_cluster(c, 1);
+      fail_msg("survivor n%d slot %d was restarted", i / 2, i % 2);
+    }
   start_agent(c, 3, params); /* the node returns, with what its memory held */
   wait_logs(c, "resharded from a world of another size", 6 + 8);
   for (int i = 0; i < 6; i++)
-    if (trainer_pid(c, i / 2, i % 2) != before[i] && count_in_logs(c, "rank 0 done after") == 0)
+    if (trainer_pid(c, i / 2, i % 2) != before[i] && count_in_logs(c, "rank 0 done after") == 0) {
+      stop_cluster(c, 1);
       fail_msg("survivor n%d slot %d was restarted on growing back", i / 2, i % 2);
+    }
   finish(c, params);
   free_cluster(c);
 }

@@ -138,6 +138,8 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
   }
   pthread_mutex_unlock(&t->comm_mu);
   tg_lib_forget_restore(t);
+  /* Until the first step done in the new world: not a hang (counters.h). */
+  tg_counters_set_restoring(t->counters, (int)t->slot, 1);
   Tardigrade__V1__JoinRequest req = TARDIGRADE__V1__JOIN_REQUEST__INIT;
   req.slot = t->slot;
   req.pid = getpid();
@@ -282,6 +284,7 @@ tg_result tg_snapshot(tg_trainer *t, uint64_t step) {
 static tg_result wait_replicated(tg_trainer *t, uint64_t step, uint64_t replicated);
 
 tg_result tg_step_done(tg_trainer *t, uint64_t step, float loss, uint32_t step_time_ms) {
+  tg_counters_set_restoring(t->counters, (int)t->slot, 0);
   Tardigrade__V1__RankProgress p = TARDIGRADE__V1__RANK_PROGRESS__INIT;
   p.rank = t->world.rank;
   p.step = step;
