@@ -344,6 +344,16 @@ static int stopped_slot(tg_agent *a) {
   return -1;
 }
 
+/* A slot of the current world whose alive counter missed several beats
+ * and was not reported yet, or -1 (mu held). */
+static int stalling_slot(const tg_agent *a, int64_t now) {
+  for (int s = 0; s < (int)a->cfg.slots; s++)
+    if (slot_rank((tg_agent *)a, s) >= 0 && !a->stop_reported[s] &&
+        alive_stalled(a, s, now, 4 * TG_COUNTERS_ALIVE_MS))
+      return s;
+  return -1;
+}
+
 /* A trainer of the current world that stopped altogether (its alive
  * counter still for the hang floor) is a hang whether or not its peers
  * have noticed yet: it may not have joined the world at all, and then no
@@ -391,6 +401,10 @@ static void *monitor_main(void *arg) {
         slot = -1;
       int stopped = 0;
       if (hang && slot < 0) stopped = (slot = stopped_slot(a)) >= 0;
+      /* No culprit yet, but a local trainer's alive counter has begun to
+       * stall: report_stopped names it when the stall reaches the hang
+       * floor, rather than a "culprit unknown" now. */
+      if (hang && slot < 0 && stalling_slot(a, now_ms) >= 0) continue;
       int rank = slot_rank(a, slot); /* in the current world, joined or not */
       if (hang && slot < 0 && !whole_world) {
         /* Every local rank waits in the same collective: they are victims
