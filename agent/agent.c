@@ -258,7 +258,7 @@ static int start_health(tg_agent *a, char *err, size_t errlen) {
 /* ------------------------------------------------------------- trainers */
 
 /* The rank a slot holds in the current world, -1 if none (mu held). */
-static int slot_rank(tg_agent *a, int slot) {
+static int slot_rank(const tg_agent *a, int slot) {
   if (slot < 0 || slot >= a->cfg.slots || !a->update || a->update->position < 0 ||
       !a->update->world || a->update->world->world_size == 0)
     return -1;
@@ -330,13 +330,14 @@ static void read_counters(tg_agent *a) {
   }
 }
 
-/* A local trainer in the current world whose alive counter stopped
- * moving while its process still exists: stopped inside a collective its
- * peers entered too. -1 if none (mu held). */
+/* Whether the alive counter of `slot` has not moved for stall_ms (mu held). */
 static int alive_stalled(const tg_agent *a, int slot, int64_t now, int64_t stall_ms) {
   return a->seen_alive[slot] > 0 && now - a->alive_changed_ms[slot] > stall_ms;
 }
 
+/* A local trainer in the current world whose alive counter stopped
+ * moving while its process still exists: stopped inside a collective its
+ * peers entered too. -1 if none (mu held). */
 static int stopped_slot(tg_agent *a) {
   int64_t now = tg_clock_mono_ms();
   for (int64_t s = 0; s < a->cfg.slots; s++)
@@ -348,7 +349,7 @@ static int stopped_slot(tg_agent *a) {
  * and was not reported yet, or -1 (mu held). */
 static int stalling_slot(const tg_agent *a, int64_t now) {
   for (int s = 0; s < (int)a->cfg.slots; s++)
-    if (slot_rank((tg_agent *)a, s) >= 0 && !a->stop_reported[s] &&
+    if (slot_rank(a, s) >= 0 && !a->stop_reported[s] &&
         alive_stalled(a, s, now, 4 * TG_COUNTERS_ALIVE_MS))
       return s;
   return -1;
@@ -392,10 +393,10 @@ static void *monitor_main(void *arg) {
       int hang = ev[i].kind == TG_PROGRESS_HANG;
       /* The rank the detector finds behind may be waiting inside an
        * earlier collective that a stopped peer elsewhere holds up (a ring
-       * finishes a collective at different times on different ranks):
-       * alive and inside a collective, it is a victim, not the culprit. */
-      /* Nor is a rank still restoring its state in the new world (reading
-       * shards between collectives takes as long as they are large). */
+       * finishes a collective at different times on different ranks), or
+       * still restoring its state in the new world (reading shards between
+       * collectives takes as long as they are large): alive, it is a
+       * victim, not the culprit. */
       if (hang && slot >= 0 && !alive_stalled(a, slot, now_ms, ALIVE_STALL_MS) &&
           (tg_counters_inside(a->counters, slot) == 1 || tg_counters_restoring(a->counters, slot) == 1))
         slot = -1;

@@ -42,8 +42,6 @@ struct tg_trainer {
   tg_ckpt_store *store;
   tg_comm *comm;              /* written by the caller's thread under comm_mu */
   pthread_mutex_t comm_mu;    /* comm vs. the alive thread aborting it */
-  int comm_abandoned;         /* the alive thread aborted it (a newer world exists) */
-  uint64_t joining_generation; /* the world tg_join builds a communicator for */
   tg_world world;
   uint64_t known_generation;
   char node_id[128];          /* this node, and where other nodes reach its agent */

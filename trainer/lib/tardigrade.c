@@ -58,21 +58,19 @@ static int newer_world(const tg_trainer *t, uint64_t generation) {
 /* A collective of a world the agent has replaced cannot complete (a
  * member is gone, or leaves it for the new world): abort it now rather
  * than at its deadline, so the survivor re-joins at once. The alive
- * thread checks every TG_COUNTERS_ALIVE_MS. */
+ * thread checks every TG_COUNTERS_ALIVE_MS (tg_comm_abort is idempotent). */
 static void abandon_old_world(tg_trainer *t) {
   pthread_mutex_lock(&t->comm_mu);
-  if (t->comm && !t->comm_abandoned && newer_world(t, (uint64_t)tg_comm_generation(t->comm))) {
-    tg_comm_abort(t->comm);
-    t->comm_abandoned = 1;
-  }
+  if (t->comm && newer_world(t, (uint64_t)tg_comm_generation(t->comm))) tg_comm_abort(t->comm);
   pthread_mutex_unlock(&t->comm_mu);
 }
 
-/* tg_comm_config.cancelled while this rank builds a communicator: a
- * world the agent has already replaced may miss a member for good. */
+/* tg_comm_config.cancelled while this rank builds the communicator of
+ * t->world (called on tg_join's thread): a world the agent has already
+ * replaced may miss a member for good. */
 static int joining_cancelled(void *user) {
   const tg_trainer *t = user;
-  return newer_world(t, t->joining_generation);
+  return newer_world(t, t->world.generation);
 }
 
 tg_trainer *tg_init(void) {
@@ -172,12 +170,10 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
                        .connect_timeout_ms = 20000};
   cc.cancelled = joining_cancelled;
   cc.cancel_user = t;
-  t->joining_generation = r->world->generation;
   tg_comm_status cs = {0};
   tg_comm *comm = tg_comm_create(&cc, &cs);
   pthread_mutex_lock(&t->comm_mu);
   t->comm = comm;
-  t->comm_abandoned = 0;
   pthread_mutex_unlock(&t->comm_mu);
   protobuf_c_message_free_unpacked(m, NULL);
   if (!t->comm) {
