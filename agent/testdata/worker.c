@@ -124,6 +124,16 @@ int main(int argc, char **argv) {
       pr.slot = slot;
       pr.generation = gen;
       pr.progress = &p;
+      /* Into the barrier before telling the agent: a worker stopped after
+       * its report has always let its peers through, so the one that did
+       * not enter is the one still at the lower seq (reporting first left
+       * a window where both showed the same seq and nobody could be named). */
+      char dir[600], mine[700];
+      snprintf(dir, sizeof dir, "%s/g%" PRIu64 "-s%" PRIu64, bar, gen, seq);
+      mkdir(dir, 0755);
+      snprintf(mine, sizeof mine, "%s/%d", dir, rank);
+      FILE *f = fopen(mine, "w");
+      if (f) fclose(f);
       tg_rpc_call_opts po = {.deadline_ms = 5000};
       if (tg_rpc_unary(ch, "/tardigrade.v1.Agent/ReportProgress", &pr.base,
                        &tardigrade__v1__progress_response__descriptor, &m, &po, &st) != TG_RPC_OK)
@@ -137,12 +147,6 @@ int main(int argc, char **argv) {
       }
       if (now_gen != gen) break; /* the world changed: re-join */
       /* The barrier: wait until every rank entered this collective. */
-      char dir[600], mine[700];
-      snprintf(dir, sizeof dir, "%s/g%" PRIu64 "-s%" PRIu64, bar, gen, seq);
-      mkdir(dir, 0755);
-      snprintf(mine, sizeof mine, "%s/%d", dir, rank);
-      FILE *f = fopen(mine, "w");
-      if (f) fclose(f);
       int changed = 0;
       while (count_files(dir, size) < size && !changed) {
         sleep_ms(5);
