@@ -63,7 +63,9 @@ typedef struct {
 } tg_world;
 
 /* From the agent's environment. NULL (with a message on stderr) when the
- * environment is incomplete or the agent cannot be reached. */
+ * environment is incomplete or the agent cannot be reached. Sets SIGPIPE
+ * to ignored unless the program installed a handler: a peer dying
+ * mid-collective must fail the collective, not kill this process. */
 tg_trainer *tg_init(void);
 void tg_free(tg_trainer *t);
 

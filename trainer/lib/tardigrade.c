@@ -8,6 +8,7 @@
 #include "trainer/include/tardigrade.h"
 
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +81,12 @@ tg_trainer *tg_init(void) {
     fprintf(stderr, "tardigrade: TG_AGENT_SOCKET, TG_SLOT and TG_CKPT_SHM must be set (tg-agent sets them)\n");
     return NULL;
   }
+  /* A peer that dies mid-collective closes its sockets; writing to one
+   * must fail the collective (TG_WORLD_CHANGED), not kill this survivor
+   * with SIGPIPE. A handler the program installed itself is kept. */
+  struct sigaction pipe_action;
+  if (sigaction(SIGPIPE, NULL, &pipe_action) == 0 && pipe_action.sa_handler == SIG_DFL)
+    signal(SIGPIPE, SIG_IGN);
   tg_trainer *t = calloc(1, sizeof *t);
   if (!t) return NULL;
   pthread_mutex_init(&t->comm_mu, NULL);
