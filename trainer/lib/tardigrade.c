@@ -268,6 +268,10 @@ tg_result tg_snapshot(tg_trainer *t, uint64_t step) {
   snprintf(key.job_id, sizeof key.job_id, "%s", t->job);
   tg_ckpt_writer *w = NULL;
   int rc = tg_ckpt_writer_begin(t->store, &key, total, &w);
+  if (rc == TG_CKPT_TOO_LARGE)
+    return tg_lib_fail(t, "snapshot of step %" PRIu64 ": the shard's %zu bytes do not fit the node's store slots of %"
+                       PRIu64 " bytes (start tg-agent with a larger --ckpt-mib)", step, total,
+                       tg_ckpt_store_slot_bytes(t->store));
   if (rc != 0) return tg_lib_fail(t, "snapshot of step %" PRIu64 ": %s", step, tg_ckpt_result_name(rc));
   uint64_t n = t->n_buffers;
   rc = tg_ckpt_writer_append(w, &n, sizeof n);
