@@ -67,6 +67,11 @@ tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char 
   c->cfg.training = &c->training;
   c->cfg.bins = &c->bins;
   for (int i = 0; i < cfg->nodes; i++) snprintf(c->node_ids[i], sizeof c->node_ids[i], "n%d", i);
+  /* Agents pass their environment on to their trainers. */
+  if (setenv("TG_COMM_BACKEND", c->training.backend, 1) != 0) {
+    snprintf(err, errlen, "setenv TG_COMM_BACKEND: %s", strerror(errno));
+    goto err;
+  }
   char path[700];
   const char *sub[] = {"logs", "sock", "ckpt"};
   for (size_t i = 0; i < 3; i++) {
@@ -210,13 +215,23 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
     argv[n++] = "--persist-every";
     argv[n++] = persist;
   }
-  const char *train[] = {"--", c->bins.trainer, "--steps", steps, "--width", width, "--depth", depth,
+  int cuda = strcmp(t->device, "cuda") == 0;
+  if (cuda && !c->bins.trainer_cuda[0]) {
+    snprintf(err, errlen, "training.device \"cuda\": no trainer/tg-train-cuda beside tg-train (it is built only "
+             "where CUDA is installed)");
+    return -1;
+  }
+  const char *train[] = {"--", cuda ? c->bins.trainer_cuda : c->bins.trainer, "--steps", steps, "--width", width, "--depth", depth,
                          "--context", context, "--batch", batch, "--micro", micro, "--seed", seed,
                          "--out", c->params, NULL};
   for (size_t i = 0; train[i]; i++) argv[n++] = train[i];
   if (t->corpus[0]) {
     argv[n++] = "--corpus";
     argv[n++] = t->corpus;
+  }
+  if (cuda) {
+    argv[n++] = "--device";
+    argv[n++] = "cuda";
   }
   argv[n] = NULL;
   tg_proc_free(c->agent[node]);

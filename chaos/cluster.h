@@ -25,6 +25,7 @@
 /* The binaries a cluster runs. */
 typedef struct {
   char coordinator[1024], agent[1024], trainer[1024], tgctl[1024];
+  char trainer_cuda[1024]; /* tg-train-cuda, "" where it was not built */
 } tg_chaos_bins;
 
 typedef struct {

@@ -69,6 +69,11 @@ static int all_found(const char *root, tg_chaos_bins *b) {
     snprintf(path, sizeof path, "%s/%s", root, rel[i]);
     if (access(path, X_OK) != 0 || !realpath(path, dst[i])) return 0;
   }
+  /* Only where CUDA was installed at build time; a scenario with
+   * "device": "cuda" needs it. */
+  char path[PATH_MAX + 64];
+  snprintf(path, sizeof path, "%s/trainer/tg-train-cuda", root);
+  if (access(path, X_OK) != 0 || !realpath(path, b->trainer_cuda)) b->trainer_cuda[0] = '\0';
   return 1;
 }
 

@@ -202,6 +202,8 @@ char *tg_chaos_report_json(const tg_chaos_result *res) {
   cJSON_AddNumberToObject(t, "micro", (double)s->training.micro);
   cJSON_AddNumberToObject(t, "seed", (double)s->training.seed);
   add_str_or_null(t, "corpus", s->training.corpus);
+  cJSON_AddStringToObject(t, "device", s->training.device);
+  cJSON_AddStringToObject(t, "backend", s->training.backend);
   cJSON *ref = cJSON_AddObjectToObject(o, "reference");
   cJSON_AddBoolToObject(ref, "ran", res->reference_ran);
   add_num_or_null(ref, "duration_ms", res->reference_ran, (double)res->reference_ms);

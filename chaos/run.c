@@ -107,6 +107,7 @@ static int wait_until(run_state *r, tg_chaos_watch *w, int (*cond)(void *), void
   while (!stopping(r) && tg_clock_mono_ms() < deadline) {
     if (w) tg_chaos_watch_poll(w);
     if (cond(arg)) return 0;
+    if (w && tg_chaos_watch_gave_up(w)) return -1;
     tg_clock_sleep_ms(POLL_MS * 5);
   }
   return -1;
@@ -154,8 +155,9 @@ static int run_reference(run_state *r) {
   } else {
     done_arg d = {w, s->training.steps};
     if (wait_until(r, w, training_done, &d, s->deadline_s * 1000) != 0)
-      setup_error(r, "reference run: %s after step %lld of %lld", stopping(r) ? "stopped by a signal" :
-                  "did not finish within deadline_s (keep the logs with --keep-logs)",
+      setup_error(r, "reference run: %s after step %lld of %lld", stopping(r) ? "stopped by a signal"
+                  : tg_chaos_watch_gave_up(w) ? tg_chaos_watch_gave_up(w)
+                  : "did not finish within deadline_s (keep the logs with --keep-logs)",
                   (long long)tg_chaos_watch_max_step(w), (long long)s->training.steps);
     else if (access(res->reference_params, R_OK) != 0)
       setup_error(r, "reference run: finished but wrote no %s", res->reference_params);
@@ -215,6 +217,7 @@ static int start_job(run_state *r, tg_chaos_ctx *ctx) {
     if (tg_chaos_cluster_start_agent(ctx->cluster, i, err, sizeof err) != 0) return setup_error(r, "agent n%d: %s", i, err);
   if (wait_until(r, ctx->watch, first_step, ctx->watch, FIRST_STEP_TIMEOUT_MS) != 0)
     return stopping(r) ? setup_error(r, "stopped by a signal before the job trained")
+           : tg_chaos_watch_gave_up(ctx->watch) ? setup_error(r, "%s", tg_chaos_watch_gave_up(ctx->watch))
                        : setup_error(r, "the job did not start: no training step logged within %d s (keep the logs "
                                      "with --keep-logs)", FIRST_STEP_TIMEOUT_MS / 1000);
   r->res->training_started_unix_ms = tg_chaos_watch_first_step_unix_ms(ctx->watch);
@@ -324,6 +327,11 @@ static void timeline(run_state *r, tg_chaos_ctx *ctx) {
       break;
     }
     tg_chaos_watch_poll(ctx->watch);
+    if (tg_chaos_watch_gave_up(ctx->watch)) {
+      ended = tg_chaos_watch_gave_up(ctx->watch);
+      TG_WARN("%s; stopping", ended);
+      break;
+    }
     if (inflight && tg_chaos_track(ctx, inflight)) {
       finished(ctx, res, inflight);
       inflight = NULL;

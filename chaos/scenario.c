@@ -202,7 +202,7 @@ static int parse_cluster(const cJSON *c, tg_chaos_cluster_spec *cl, char *err, s
 
 static int parse_training(const cJSON *t, tg_chaos_training_spec *tr, char *err, size_t errlen) {
   static const char *const fields[] = {"steps", "width", "depth", "context", "batch", "micro", "seed", "corpus",
-                                       NULL};
+                                       "device", "backend", NULL};
   if (!t) return fail(err, errlen, "training: missing (an object with at least \"steps\")");
   if (check_fields(t, "training", fields, err, errlen) != 0 ||
       get_int(t, "training", "steps", 1, 10000000, 1, 0, &tr->steps, err, errlen) != 0 ||
@@ -212,8 +212,18 @@ static int parse_training(const cJSON *t, tg_chaos_training_spec *tr, char *err,
       get_int(t, "training", "batch", 1, 1 << 20, 0, 24, &tr->batch, err, errlen) != 0 ||
       get_int(t, "training", "micro", 1, 1 << 20, 0, 4, &tr->micro, err, errlen) != 0 ||
       get_int(t, "training", "seed", 0, MAX_EXACT_INT, 0, 1, &tr->seed, err, errlen) != 0 ||
-      get_string(t, "training", "corpus", 0, tr->corpus, sizeof tr->corpus, err, errlen) != 0)
+      get_string(t, "training", "corpus", 0, tr->corpus, sizeof tr->corpus, err, errlen) != 0 ||
+      get_string(t, "training", "device", 0, tr->device, sizeof tr->device, err, errlen) != 0 ||
+      get_string(t, "training", "backend", 0, tr->backend, sizeof tr->backend, err, errlen) != 0)
     return -1;
+  if (!tr->device[0]) snprintf(tr->device, sizeof tr->device, "cpu");
+  if (!tr->backend[0]) snprintf(tr->backend, sizeof tr->backend, "gloo");
+  if (strcmp(tr->device, "cpu") != 0 && strcmp(tr->device, "cuda") != 0)
+    return fail(err, errlen, "training.device: expected \"cpu\" or \"cuda\", got \"%s\"", tr->device);
+  if (strcmp(tr->backend, "gloo") != 0 && strcmp(tr->backend, "nccl") != 0)
+    return fail(err, errlen, "training.backend: expected \"gloo\" or \"nccl\", got \"%s\"", tr->backend);
+  if (strcmp(tr->backend, "nccl") == 0 && strcmp(tr->device, "cuda") != 0)
+    return fail(err, errlen, "training.backend: \"nccl\" needs \"device\": \"cuda\" (NCCL takes GPU memory)");
   if (tr->batch % tr->micro != 0)
     return fail(err, errlen, "training.micro: must divide training.batch (%lld), got %lld", (long long)tr->batch,
                 (long long)tr->micro);

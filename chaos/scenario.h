@@ -77,6 +77,8 @@ typedef struct {
 typedef struct {
   int64_t steps, width, depth, context, batch, micro, seed;
   char corpus[512]; /* "" for tg-train's default */
+  char device[8];   /* "cpu" (tg-train) or "cuda" (tg-train-cuda --device cuda) */
+  char backend[8];  /* "gloo" or "nccl" (the trainers' $TG_COMM_BACKEND) */
 } tg_chaos_training_spec;
 
 typedef struct {

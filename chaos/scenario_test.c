@@ -32,7 +32,8 @@ static void expect(const char *text, const char *needle) {
 static void test_shipped_scenarios_parse(void **state) {
   (void)state;
   const char *names[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
-                         "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak"};
+                         "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak",
+                         "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char path[256], err[512];
     snprintf(path, sizeof path, "chaos/scenarios/%s.json", names[i]);
@@ -87,6 +88,15 @@ static void test_bad_input(void **state) {
   expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5.5}}", "training.steps");
   expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5, \"micro\": 5}}",
          "training.micro: must divide");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5, \"device\": \"tpu\"}}",
+         "training.device: expected");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5, \"backend\": \"mpi\"}}",
+         "training.backend: expected");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5, \"backend\": \"nccl\"}}",
+         "needs \"device\": \"cuda\"");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5, \"device\": \"cuda\", "
+         "\"backend\": \"nccl\"}}",
+         NULL);
   expect("{" BASE ", \"faults\": {}}", "faults: must be a list");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5}]}", "faults[0].kind: missing");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"nic_down\"}]}", "is not supported yet");

@@ -31,6 +31,7 @@ typedef struct {
   uint64_t generation;     /* of the last "rank" line */
   int rank;
   int64_t lib_committed, lib_lost; /* the library's lost-steps line, for the next rank line */
+  char last_error[240];    /* the trainer's last "tg-train: " or "tardigrade: " line */
   /* agent logs */
   uint64_t agent_lines, agent_generation;
   int agent_holds;
@@ -47,6 +48,7 @@ struct tg_chaos_watch {
   uint64_t newest;
   size_t conflicts;
   char conflict_detail[CONFLICT_DETAIL];
+  char gave_up[512]; /* a slot whose agent stopped restarting its trainer */
 };
 
 tg_chaos_watch *tg_chaos_watch_new(const tg_chaos_cluster *c) {
@@ -160,7 +162,21 @@ int64_t tg_chaos_watch_parse_time(const char *line) {
   return t == (time_t)-1 ? -1 : (int64_t)t * 1000 + ms;
 }
 
+/* The trainer log of (node, slot), or NULL. */
+static const tailed *slot_file(const tg_chaos_watch *w, int node, int slot) {
+  if (node < 0 || node >= w->nodes || slot < 0 || slot >= w->slots) return NULL;
+  return &w->files[(size_t)node * (size_t)(w->slots + 1) + (size_t)slot + 1];
+}
+
 static void agent_line(tg_chaos_watch *w, tailed *f, const char *line, int64_t now) {
+  const char *budget = strstr(line, "restart budget spent"), *in = strstr(line, " in slot ");
+  int slot;
+  if (budget && in && !w->gave_up[0] && sscanf(in, " in slot %d", &slot) == 1) {
+    const tailed *t = slot_file(w, f->node, slot);
+    snprintf(w->gave_up, sizeof w->gave_up,
+             "the trainer in n%d slot %d keeps exiting and its agent stopped restarting it; its last error: %s",
+             f->node, slot, t && t->last_error[0] ? t->last_error : "(none logged)");
+  }
   const char *p = strstr(line, " generation ");
   if (!p || !strstr(line, " tg-agent ")) return;
   unsigned long long g;
@@ -230,6 +246,8 @@ static void trainer_line(tg_chaos_watch *w, tailed *f, const char *line, int64_t
     }
     return;
   }
+  if (strncmp(line, "tg-train: ", 10) == 0 || strncmp(line, "tardigrade: ", 12) == 0)
+    snprintf(f->last_error, sizeof f->last_error, "%s", line);
   const char *p = strstr(line, "the newest committed step was ");
   if (strncmp(line, "tardigrade: resuming at step ", 29) == 0 && p &&
       sscanf(p, "the newest committed step was %llu: %llu committed steps lost", &committed, &lost) == 2) {
@@ -275,6 +293,8 @@ void tg_chaos_watch_poll(tg_chaos_watch *w) {
 }
 
 /* ------------------------------------------------------------ queries */
+
+const char *tg_chaos_watch_gave_up(const tg_chaos_watch *w) { return w->gave_up[0] ? w->gave_up : NULL; }
 
 int64_t tg_chaos_watch_max_step(const tg_chaos_watch *w) { return w->max_step; }
 int64_t tg_chaos_watch_first_step_unix_ms(const tg_chaos_watch *w) { return w->first_step_ms; }

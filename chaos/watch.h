@@ -56,6 +56,9 @@ void tg_chaos_watch_poll(tg_chaos_watch *w);
 /* The newest step rank 0 logged (any generation), 0 before the first;
  * and when the first step line was read (0: none yet). */
 int64_t tg_chaos_watch_max_step(const tg_chaos_watch *w);
+/* Why a trainer is down for good (its agent's restart budget is spent,
+ * e.g. a trainer that cannot start), or NULL. */
+const char *tg_chaos_watch_gave_up(const tg_chaos_watch *w);
 int64_t tg_chaos_watch_first_step_unix_ms(const tg_chaos_watch *w);
 
 /* The N of "rank 0 done after N steps", or 0 before it is printed. */
