@@ -45,8 +45,8 @@
  * unlinked at exit, on error paths, on SIGINT/SIGTERM/SIGHUP, and when the
  * watchdog (--timeout-s) ends a run that hangs; every RPC has a deadline.
  *
- * Not measured: the GPU path (asynchronous device-to-host copy into pinned
- * memory, overlapped with compute).
+ * The GPU path (asynchronous device-to-host copy into pinned memory,
+ * overlapped with compute) is measured by gpu_snapshot_bench.c.
  *
  * Usage: bazel run -c opt //bench/checkpoint -- [--sizes-mib 1,16,64,256] [--rounds 5]
  *        [--dir PARENT_OF_TEMP_DIR] [--timeout-s 600] */
