@@ -79,6 +79,16 @@ static const cJSON *invariant(const cJSON *report, const char *name) {
 /* A trainer SIGKILLed on 2 agents x 2 slots: detected by the coordinator
  * with the culprit named, recovered from memory, at most one step lost,
  * and every invariant holds. */
+/* Every invariant of the report passed and the exit code says so. */
+static void expect_all_invariants(const cJSON *r) {
+  const cJSON *inv;
+  cJSON_ArrayForEach(inv, get(r, "invariants")) {
+    if (!cJSON_IsTrue(get(inv, "pass")))
+      fail_msg("%s failed: %s", get(inv, "name")->valuestring, get(inv, "detail")->valuestring);
+  }
+  assert_int_equal((int)get(r, "exit_code")->valuedouble, 0);
+}
+
 static void test_trainer_crash(void **state) {
   (void)state;
   cJSON *r = run_scenario("trainer_crash_small", 0);
@@ -99,12 +109,7 @@ static void test_trainer_crash(void **state) {
   assert_true(get(f, "steps_lost")->valuedouble <= 1);
   assert_true(get(f, "generation_after")->valuedouble > get(f, "generation_before")->valuedouble);
   assert_int_equal((int)get(f, "world_size_after")->valuedouble, 4);
-  const cJSON *inv;
-  cJSON_ArrayForEach(inv, get(r, "invariants")) {
-    if (!cJSON_IsTrue(get(inv, "pass")))
-      fail_msg("%s failed: %s", get(inv, "name")->valuestring, get(inv, "detail")->valuestring);
-  }
-  assert_int_equal((int)get(r, "exit_code")->valuedouble, 0);
+  expect_all_invariants(r);
   cJSON_Delete(r);
 }
 
@@ -127,6 +132,29 @@ static void test_lose_all_copies_fails_the_invariant(void **state) {
   cJSON_Delete(r);
 }
 
+/* Faults written into the agents' fake devices: each is reported by the
+ * node's health checks, naming the node, and the world re-forms without
+ * it (first onto the spare, then smaller). */
+static void test_device_faults(void **state) {
+  (void)state;
+  cJSON *r = run_scenario("device_faults_small", 0);
+  const cJSON *faults = get(r, "faults");
+  assert_int_equal(cJSON_GetArraySize(faults), 2);
+  const char *kinds[] = {"GPU_XID", "NIC_DOWN"}, *nodes[] = {"n1", "n2"};
+  const int worlds[] = {6, 4};
+  for (int i = 0; i < 2; i++) {
+    const cJSON *f = cJSON_GetArrayItem(faults, i), *det = get(f, "detected");
+    assert_string_equal(get(f, "outcome")->valuestring, "recovered");
+    if (!cJSON_IsObject(det)) fail_msg("fault %d: no detection recorded", i);
+    assert_string_equal(get(det, "kind")->valuestring, kinds[i]);
+    assert_string_equal(get(det, "node")->valuestring, nodes[i]);
+    assert_true(cJSON_IsTrue(get(det, "culprit_ok")));
+    assert_int_equal((int)get(f, "world_size_after")->valuedouble, worlds[i]);
+  }
+  expect_all_invariants(r);
+  cJSON_Delete(r);
+}
+
 static void test_help_and_bad_input(void **state) {
   (void)state;
   const char *help[] = {"--help", NULL};
@@ -139,11 +167,11 @@ static void test_help_and_bad_input(void **state) {
   FILE *f = fopen(path, "w");
   assert_non_null(f);
   fputs("{\"name\": \"bad\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 50},"
-        " \"faults\": [{\"at_step\": 5, \"kind\": \"nic_down\"}]}", f);
+        " \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\"}]}", f);
   fclose(f);
   const char *bad[] = {"run", path, NULL};
   assert_int_equal(tg_chaos(bad), 2);
-  assert_non_null(strstr(output, "faults[0].kind: kind \"nic_down\" is not supported yet"));
+  assert_non_null(strstr(output, "faults[0].kind: kind \"slow_link\" is not supported yet"));
   const char *check[] = {"check", "chaos/testdata/trainer_crash_small.json", NULL};
   assert_int_equal(tg_chaos(check), 0);
 }
@@ -154,6 +182,7 @@ int main(void) {
       cmocka_unit_test(test_help_and_bad_input),
       cmocka_unit_test(test_trainer_crash),
       cmocka_unit_test(test_lose_all_copies_fails_the_invariant),
+      cmocka_unit_test(test_device_faults),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   const char *rm[] = {"rm", "-rf", tmp, NULL};

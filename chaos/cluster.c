@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include "agent/ckpt/store.h"
+#include "agent/health/gpu_fake.h"
+#include "agent/health/nic_fake.h"
 #include "tests/harness/proc.h"
 
 #define MAX_ARGV 64
@@ -73,10 +75,21 @@ tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char 
     goto err;
   }
   char path[700];
-  const char *sub[] = {"logs", "sock", "ckpt"};
-  for (size_t i = 0; i < 3; i++) {
+  const char *sub[] = {"logs", "sock", "ckpt", "devices"};
+  for (size_t i = 0; i < 4; i++) {
     snprintf(path, sizeof path, "%s/%s", c->dir, sub[i]);
     if (make_dir(path, err, errlen) != 0) goto err;
+  }
+  for (int i = 0; i < cfg->nodes; i++) {
+    char dev[800], sys[820];
+    tg_chaos_cluster_fake_devices(c, i, dev, sizeof dev);
+    snprintf(sys, sizeof sys, "%s/sys", dev);
+    int rc = tg_gpu_fake_create(dev, (uint32_t)c->spec.slots);
+    if (rc == 0) rc = tg_nic_fake_add_link(sys, "eth0");
+    if (rc != 0) {
+      snprintf(err, errlen, "fake devices in %s: %s", dev, strerror(rc < 0 ? -rc : rc));
+      goto err;
+    }
   }
   /* A unix socket path has 108 bytes at most. */
   snprintf(path, sizeof path, "%s/sock/n%d.sock", c->dir, cfg->nodes - 1);
@@ -208,7 +221,11 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   const char *argv[MAX_ARGV] = {c->bins.agent, "--node", id, "--job", c->job, "--coordinators", c->coordinators,
                                 "--socket", sock, "--slots", slots, "--log-dir", logs, "--ckpt-mib", mib,
                                 "--hang-floor-ms", hang, "--restart-max", "64", "--log-level", "info"};
-  int n = 21;
+  char fake[800];
+  tg_chaos_cluster_fake_devices(c, node, fake, sizeof fake);
+  argv[21] = "--fake-devices";
+  argv[22] = fake;
+  int n = 23;
   if (c->cfg.persist) {
     argv[n++] = "--ckpt-dir";
     argv[n++] = ckpt;
@@ -237,6 +254,10 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   tg_proc_free(c->agent[node]);
   c->agent[node] = tg_proc_start(argv, log, err, errlen);
   return c->agent[node] ? 0 : -1;
+}
+
+void tg_chaos_cluster_fake_devices(const tg_chaos_cluster *c, int node, char *out, size_t len) {
+  snprintf(out, len, "%s/devices/%s", c->dir, node >= 0 && node < c->cfg.nodes ? c->node_ids[node] : "none");
 }
 
 int tg_chaos_cluster_agent_running(tg_chaos_cluster *c, int node) {

@@ -66,6 +66,11 @@ const char *tg_chaos_cluster_coordinators(const tg_chaos_cluster *c);
 /* Starts (or restarts, with the same node id and memory) agent `node`. */
 int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_t errlen);
 int tg_chaos_cluster_agent_running(tg_chaos_cluster *c, int node);
+/* The node's fake device directory (its agent's --fake-devices): GPUs
+ * gpu0..gpu<slots-1> (agent/health/gpu_fake.h) and a NIC eth0 under sys/
+ * (nic_fake.h), all healthy until a fault is written there. */
+void tg_chaos_cluster_fake_devices(const tg_chaos_cluster *c, int node, char *out, size_t len);
+
 /* SIGKILLs the agent and then its trainers, as when a host dies. */
 int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node);
 /* The pid of the trainer in (node, slot), or 0 when there is none. */

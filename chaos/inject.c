@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "agent/ckpt/store.h"
+#include "agent/health/gpu_fake.h"
+#include "agent/health/nic_fake.h"
 #include "common/clock/clock.h"
 
 #define MAX_KEYS 512
@@ -218,6 +220,37 @@ static int lose_all_copies(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_
   return 0;
 }
 
+/* A fault in the node's fake devices (the agents run with --fake-devices):
+ * its agent's health checks see it within their period, report it, and
+ * mark the node unhealthy, so the world re-forms without it. The node
+ * stays broken: later faults do not pick it. */
+static int device_fault(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  int idx = resolve_node(ctx, f, st);
+  if (idx < 0) return -1;
+  char dir[800], sys[820];
+  tg_chaos_cluster_fake_devices(ctx->cluster, idx, dir, sizeof dir);
+  snprintf(sys, sizeof sys, "%s/sys", dir);
+  uint32_t gpu = tg_chaos_draw(ctx, (uint32_t)ctx->s->cluster.slots);
+  int rc;
+  stamp(f);
+  switch (f->spec.kind) {
+  case TG_CHAOS_GPU_XID: rc = tg_gpu_fake_inject_xid(dir, gpu, 79); break;
+  case TG_CHAOS_GPU_ECC: rc = tg_gpu_fake_set_ecc(dir, gpu, 1); break;
+  case TG_CHAOS_GPU_LOST: rc = tg_gpu_fake_set_lost(dir, gpu, 1); break;
+  default:
+    rc = tg_nic_fake_set(sys, "eth0", "carrier", "0");
+    if (rc == 0) rc = tg_nic_fake_set(sys, "eth0", "operstate", "down");
+    break;
+  }
+  if (rc != 0) return skip(f, "cannot write %s's fake devices in %s: %s", f->node, dir, strerror(rc < 0 ? -rc : rc));
+  if (f->spec.kind == TG_CHAOS_NIC_DOWN)
+    snprintf(f->note, sizeof f->note, "eth0 down");
+  else
+    snprintf(f->note, sizeof f->note, "gpu%u", gpu);
+  ctx->drained[idx] = 1;
+  return 0;
+}
+
 int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   tg_chaos_status st;
   tg_chaos_poller_get(ctx->poller, &st);
@@ -232,6 +265,10 @@ int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   case TG_CHAOS_COORDINATOR_CRASH: return coordinator_crash(ctx, f, &st);
   case TG_CHAOS_CORRUPT_REPLICA: return corrupt_replica(ctx, f, &st);
   case TG_CHAOS_LOSE_ALL_COPIES: return lose_all_copies(ctx, f, &st);
+  case TG_CHAOS_GPU_XID:
+  case TG_CHAOS_GPU_ECC:
+  case TG_CHAOS_GPU_LOST:
+  case TG_CHAOS_NIC_DOWN: return device_fault(ctx, f, &st);
   default: return skip(f, "unknown kind");
   }
 }
@@ -248,7 +285,11 @@ int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind) {
   case TG_CHAOS_HANG:
   case TG_CHAOS_CORRUPT_REPLICA: return ranked > 0;
   case TG_CHAOS_HOST_LOSS:
-  case TG_CHAOS_DRAIN: return ranked > 0 && ranked == st.n_nodes && (st.n_nodes - 1 >= min || spares > 0);
+  case TG_CHAOS_DRAIN:
+  case TG_CHAOS_GPU_XID:
+  case TG_CHAOS_GPU_ECC:
+  case TG_CHAOS_GPU_LOST:
+  case TG_CHAOS_NIC_DOWN: return ranked > 0 && ranked == st.n_nodes && (st.n_nodes - 1 >= min || spares > 0);
   case TG_CHAOS_HOST_RETURN:
     for (int i = 0; i < tg_chaos_cluster_nodes(ctx->cluster); i++)
       if (ctx->lost[i]) return 1;

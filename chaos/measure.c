@@ -39,6 +39,10 @@ static const char *expected_record(tg_chaos_kind kind) {
   case TG_CHAOS_HOST_LOSS:
   case TG_CHAOS_LOSE_ALL_COPIES: return "NODE_LOST";
   case TG_CHAOS_CORRUPT_REPLICA: return "CHECKPOINT_CORRUPT";
+  case TG_CHAOS_GPU_XID: return "GPU_XID";
+  case TG_CHAOS_GPU_ECC: return "GPU_ECC";
+  case TG_CHAOS_GPU_LOST: return "GPU_LOST";
+  case TG_CHAOS_NIC_DOWN: return "NIC_DOWN";
   default: return NULL;
   }
 }

@@ -19,12 +19,13 @@
 static const char *const kind_names[TG_CHAOS_KIND_COUNT] = {
     "trainer_crash", "trainer_segv", "hang", "host_loss", "host_return",
     "drain", "coordinator_crash", "corrupt_replica", "lose_all_copies",
+    "gpu_xid", "gpu_ecc", "gpu_lost", "nic_down",
 };
 
 /* Planned kinds (DESIGN.md, issue 6) that this cut refuses by name. */
 static const char *const unsupported_kinds[] = {
-    "gpu_xid", "gpu_ecc", "gpu_row_remap", "gpu_thermal", "gpu_pcie", "gpu_lost",
-    "nic_down", "nic_flap", "nic_errors", "network_partition", "slow_link",
+    "gpu_row_remap", "gpu_thermal", "gpu_pcie",
+    "nic_flap", "nic_errors", "network_partition", "slow_link",
     "etcd_member_crash", "disk_full", "silent_data_corruption", "nan_loss", "straggler",
 };
 
@@ -48,7 +49,11 @@ tg_chaos_target_type tg_chaos_kind_target(tg_chaos_kind kind) {
   case TG_CHAOS_CORRUPT_REPLICA: return TG_CHAOS_TARGET_TRAINER;
   case TG_CHAOS_HOST_LOSS:
   case TG_CHAOS_HOST_RETURN:
-  case TG_CHAOS_DRAIN: return TG_CHAOS_TARGET_NODE;
+  case TG_CHAOS_DRAIN:
+  case TG_CHAOS_GPU_XID:
+  case TG_CHAOS_GPU_ECC:
+  case TG_CHAOS_GPU_LOST:
+  case TG_CHAOS_NIC_DOWN: return TG_CHAOS_TARGET_NODE;
   default: return TG_CHAOS_TARGET_NONE;
   }
 }

@@ -36,6 +36,10 @@ typedef enum {
   TG_CHAOS_COORDINATOR_CRASH,  /* SIGKILL the leading coordinator */
   TG_CHAOS_CORRUPT_REPLICA,    /* corrupt a shard's copies in a node's memory, then kill its trainer */
   TG_CHAOS_LOSE_ALL_COPIES,    /* host_loss of the nodes at ring positions 1 and 2 at once */
+  TG_CHAOS_GPU_XID,            /* XID 79 (fell off the bus) on one of a node's fake GPUs */
+  TG_CHAOS_GPU_ECC,            /* an uncorrectable ECC error on one of a node's fake GPUs */
+  TG_CHAOS_GPU_LOST,           /* one of a node's fake GPUs stops answering (lost) */
+  TG_CHAOS_NIC_DOWN,           /* the node's fake NIC eth0 loses carrier */
   TG_CHAOS_KIND_COUNT
 } tg_chaos_kind;
 

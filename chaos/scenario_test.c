@@ -33,7 +33,7 @@ static void test_shipped_scenarios_parse(void **state) {
   (void)state;
   const char *names[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
                          "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak",
-                         "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl"};
+                         "device_faults", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char path[256], err[512];
     snprintf(path, sizeof path, "chaos/scenarios/%s.json", names[i]);
@@ -99,7 +99,7 @@ static void test_bad_input(void **state) {
          NULL);
   expect("{" BASE ", \"faults\": {}}", "faults: must be a list");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5}]}", "faults[0].kind: missing");
-  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"nic_down\"}]}", "is not supported yet");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\"}]}", "is not supported yet");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"meteor\"}]}", "unknown kind");
   expect("{" BASE ", \"faults\": [{\"kind\": \"hang\"}]}", "exactly one of at_step and at_ms");
   expect("{" BASE ", \"faults\": [{\"at_step\": 100, \"kind\": \"hang\"}]}", "faults[0].at_step: must be");
@@ -128,7 +128,7 @@ static void test_bad_input(void **state) {
   expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": []}}", "soak.kinds: must be");
   expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"hang\", \"hang\"]}}",
          "listed twice");
-  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"gpu_xid\"]}}",
+  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"disk_full\"]}}",
          "not supported yet");
 }
 
