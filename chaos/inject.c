@@ -251,10 +251,31 @@ static int device_fault(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_sta
   return 0;
 }
 
+static int running_etcd_members(tg_chaos_ctx *ctx) {
+  int n = 0;
+  for (int i = 0; i < tg_etcd_cluster_size(ctx->etcd); i++) n += tg_etcd_cluster_running(ctx->etcd, i);
+  return n;
+}
+
+/* The leader, as the hardest member to lose (every write goes through
+ * it); a random running member when no leader answers. The rest keep a
+ * quorum; coordinators and agents must fail over to them. */
+static int etcd_member_crash(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  int size = tg_etcd_cluster_size(ctx->etcd);
+  if (running_etcd_members(ctx) < size) return skip(f, "an etcd member is still down from an earlier fault");
+  int i = tg_etcd_cluster_leader(ctx->etcd, 2000);
+  if (i < 0 || i >= size) i = (int)tg_chaos_draw(ctx, (uint32_t)size);
+  f->etcd_member = i;
+  snprintf(f->note, sizeof f->note, "etcd member %d (%s)", i, tg_etcd_cluster_endpoint(ctx->etcd, i));
+  stamp(f);
+  if (tg_etcd_cluster_kill(ctx->etcd, i) != 0) return skip(f, "cannot kill etcd member %d", i);
+  return 0;
+}
+
 int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   tg_chaos_status st;
   tg_chaos_poller_get(ctx->poller, &st);
-  f->slot = f->rank = -1;
+  f->slot = f->rank = f->etcd_member = -1;
   switch (f->spec.kind) {
   case TG_CHAOS_TRAINER_CRASH: return signal_trainer(ctx, f, &st, SIGKILL);
   case TG_CHAOS_TRAINER_SEGV: return signal_trainer(ctx, f, &st, SIGSEGV);
@@ -269,6 +290,7 @@ int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   case TG_CHAOS_GPU_ECC:
   case TG_CHAOS_GPU_LOST:
   case TG_CHAOS_NIC_DOWN: return device_fault(ctx, f, &st);
+  case TG_CHAOS_ETCD_MEMBER_CRASH: return etcd_member_crash(ctx, f);
   default: return skip(f, "unknown kind");
   }
 }
@@ -295,6 +317,7 @@ int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind) {
       if (ctx->lost[i]) return 1;
     return 0;
   case TG_CHAOS_COORDINATOR_CRASH: return st.ok && running_coordinators(ctx) >= 2;
+  case TG_CHAOS_ETCD_MEMBER_CRASH: return running_etcd_members(ctx) == tg_etcd_cluster_size(ctx->etcd);
   case TG_CHAOS_LOSE_ALL_COPIES:
     return st.n_nodes >= 3 && ranked == st.n_nodes && st.n_nodes - 2 + (spares < 2 ? spares : 2) >= min;
   default: return 0;

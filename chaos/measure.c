@@ -140,6 +140,19 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
     kept_world(f, tg_clock_unix_ms());
     return 1;
   }
+  /* etcd's remaining members elect a leader on their own; what matters is
+   * that the job notices nothing: a leading coordinator still answers and
+   * training goes on. Then the member comes back, for later faults. */
+  if (f->spec.kind == TG_CHAOS_ETCD_MEMBER_CRASH && st.ok && st.answered_unix_ms > f->injected_unix_ms &&
+      tg_chaos_watch_max_step(ctx->watch) > f->step_at_injection + 2) {
+    kept_world(f, tg_clock_unix_ms());
+    char err[256];
+    if (tg_etcd_cluster_restart(ctx->etcd, f->etcd_member, 20000, err, sizeof err) == 0)
+      add_note(f, "member %d restarted", f->etcd_member);
+    else
+      add_note(f, "cannot restart etcd member %d: %s", f->etcd_member, err);
+    return 1;
+  }
   int idx = tg_chaos_node_index(ctx->s, f->node);
   if (f->spec.kind == TG_CHAOS_HOST_RETURN && !f->expect_new_world &&
       tg_chaos_watch_agent_lines(ctx->watch, idx) > f->agent_lines_before) {

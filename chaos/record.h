@@ -17,6 +17,7 @@
 #include "chaos/scenario.h"
 #include "chaos/status.h"
 #include "chaos/watch.h"
+#include "tests/harness/etcd_cluster.h"
 
 typedef enum {
   TG_CHAOS_PENDING = 0,   /* its trigger has not come */
@@ -38,6 +39,7 @@ typedef struct {
   int slot;                         /* -1: not a trainer */
   int rank;                         /* the trainer's rank then; -1: unknown */
   char coordinator[TG_CHAOS_NAME_MAX]; /* coordinator_crash: the leader killed */
+  int etcd_member;                  /* etcd_member_crash: the member killed; -1: none */
   int expect_new_world;             /* host_return: 1 when the world should grow */
 
   /* At injection. */
@@ -112,6 +114,7 @@ typedef struct {
   tg_chaos_cluster *cluster;
   tg_chaos_watch *watch;
   tg_chaos_poller *poller;
+  tg_etcd_cluster *etcd;
   uint64_t rng;
   int lost[TG_CHAOS_MAX_NODES];     /* killed by a fault and not returned */
   int drained[TG_CHAOS_MAX_NODES];

@@ -193,6 +193,7 @@ char *tg_chaos_report_json(const tg_chaos_result *res) {
   cJSON_AddNumberToObject(c, "persist_every", (double)s->cluster.persist_every);
   cJSON_AddNumberToObject(c, "hang_floor_ms", (double)s->cluster.hang_floor_ms);
   cJSON_AddNumberToObject(c, "ckpt_mib", (double)s->cluster.ckpt_mib);
+  cJSON_AddNumberToObject(c, "etcd_members", s->cluster.etcd_members);
   cJSON *t = cJSON_AddObjectToObject(o, "training");
   cJSON_AddNumberToObject(t, "steps", (double)s->training.steps);
   cJSON_AddNumberToObject(t, "width", (double)s->training.width);

@@ -433,7 +433,7 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
     goto out;
   }
   TG_INFO("scenario %s: run directory %s", s->name, r.dir);
-  r.etcd = tg_etcd_cluster_start(1, err, sizeof err);
+  r.etcd = tg_etcd_cluster_start(s->cluster.etcd_members, err, sizeof err);
   if (!r.etcd) {
     setup_error(&r, "etcd: %s", err);
     goto out;
@@ -444,6 +444,7 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
   ctx.cluster = new_cluster(&r, res->job, r.dir, s->cluster.agents + s->cluster.spares, s->cluster.agents,
                             s->cluster.coordinators, 1, &s->cluster, res->params);
   if (!ctx.cluster) goto out;
+  ctx.etcd = r.etcd;
   ctx.watch = tg_chaos_watch_new(ctx.cluster);
   ctx.poller = ctx.watch ? tg_chaos_poller_start(tg_chaos_cluster_coordinators(ctx.cluster), STATUS_PERIOD_MS, err,
                                                  sizeof err)

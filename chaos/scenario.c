@@ -19,14 +19,14 @@
 static const char *const kind_names[TG_CHAOS_KIND_COUNT] = {
     "trainer_crash", "trainer_segv", "hang", "host_loss", "host_return",
     "drain", "coordinator_crash", "corrupt_replica", "lose_all_copies",
-    "gpu_xid", "gpu_ecc", "gpu_lost", "nic_down",
+    "gpu_xid", "gpu_ecc", "gpu_lost", "nic_down", "etcd_member_crash",
 };
 
 /* Planned kinds (DESIGN.md, issue 6) that this cut refuses by name. */
 static const char *const unsupported_kinds[] = {
     "gpu_row_remap", "gpu_thermal", "gpu_pcie",
     "nic_flap", "nic_errors", "network_partition", "slow_link",
-    "etcd_member_crash", "disk_full", "silent_data_corruption", "nan_loss", "straggler",
+    "disk_full", "silent_data_corruption", "nan_loss", "straggler",
 };
 
 const char *tg_chaos_kind_name(tg_chaos_kind kind) {
@@ -187,7 +187,8 @@ static int get_kind(const cJSON *item, const char *path, tg_chaos_kind *out, cha
 
 static int parse_cluster(const cJSON *c, tg_chaos_cluster_spec *cl, char *err, size_t errlen) {
   static const char *const fields[] = {"agents", "slots", "spares", "coordinators", "min_nodes",
-                                       "heartbeat_timeout_ms", "persist_every", "hang_floor_ms", "ckpt_mib", NULL};
+                                       "heartbeat_timeout_ms", "persist_every", "hang_floor_ms", "ckpt_mib",
+                                       "etcd_members", NULL};
   if (!c) return fail(err, errlen, "cluster: missing (an object with at least \"agents\")");
   if (check_fields(c, "cluster", fields, err, errlen) != 0 ||
       get_int32(c, "cluster", "agents", 1, TG_CHAOS_MAX_AGENTS, 1, 0, &cl->agents, err, errlen) != 0 ||
@@ -200,7 +201,8 @@ static int parse_cluster(const cJSON *c, tg_chaos_cluster_spec *cl, char *err, s
               errlen) != 0 ||
       get_int(c, "cluster", "persist_every", 1, 1000000, 0, 20, &cl->persist_every, err, errlen) != 0 ||
       get_int(c, "cluster", "hang_floor_ms", 500, 600000, 0, 2000, &cl->hang_floor_ms, err, errlen) != 0 ||
-      get_int(c, "cluster", "ckpt_mib", 1, 4096, 0, 32, &cl->ckpt_mib, err, errlen) != 0)
+      get_int(c, "cluster", "ckpt_mib", 1, 4096, 0, 32, &cl->ckpt_mib, err, errlen) != 0 ||
+      get_int32(c, "cluster", "etcd_members", 1, 5, 0, 1, &cl->etcd_members, err, errlen) != 0)
     return -1;
   return 0;
 }
@@ -238,6 +240,8 @@ static int parse_training(const cJSON *t, tg_chaos_training_spec *tr, char *err,
 /* Checks that a kind can run in this cluster at all. */
 static int kind_fits(const tg_chaos_scenario *s, tg_chaos_kind kind, const char *path, char *err, size_t errlen) {
   const tg_chaos_cluster_spec *c = &s->cluster;
+  if (kind == TG_CHAOS_ETCD_MEMBER_CRASH && c->etcd_members < 3)
+    return fail(err, errlen, "%s: etcd_member_crash needs cluster.etcd_members >= 3 (a quorum without it)", path);
   if (kind == TG_CHAOS_COORDINATOR_CRASH && c->coordinators < 2)
     return fail(err, errlen, "%s: coordinator_crash needs cluster.coordinators >= 2 (a standby to take over)", path);
   if (kind == TG_CHAOS_LOSE_ALL_COPIES) {

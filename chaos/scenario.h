@@ -40,6 +40,7 @@ typedef enum {
   TG_CHAOS_GPU_ECC,            /* an uncorrectable ECC error on one of a node's fake GPUs */
   TG_CHAOS_GPU_LOST,           /* one of a node's fake GPUs stops answering (lost) */
   TG_CHAOS_NIC_DOWN,           /* the node's fake NIC eth0 loses carrier */
+  TG_CHAOS_ETCD_MEMBER_CRASH,  /* SIGKILL the etcd leader (restarted once training went on) */
   TG_CHAOS_KIND_COUNT
 } tg_chaos_kind;
 
@@ -75,6 +76,7 @@ typedef struct {
   int64_t persist_every; /* agents persist steps that are multiples of this to disk */
   int64_t hang_floor_ms; /* the agents' shortest hang timeout */
   int64_t ckpt_mib;      /* each node's in-memory checkpoint store */
+  int etcd_members;      /* members of the job's etcd cluster */
 } tg_chaos_cluster_spec;
 
 /* Passed to tg-train (same names as its flags). */

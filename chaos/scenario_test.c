@@ -33,7 +33,7 @@ static void test_shipped_scenarios_parse(void **state) {
   (void)state;
   const char *names[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
                          "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak",
-                         "device_faults", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl"};
+                         "device_faults", "etcd_member_crash", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char path[256], err[512];
     snprintf(path, sizeof path, "chaos/scenarios/%s.json", names[i]);
@@ -88,6 +88,11 @@ static void test_bad_input(void **state) {
   expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5.5}}", "training.steps");
   expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5, \"micro\": 5}}",
          "training.micro: must divide");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5}, "
+         "\"faults\": [{\"at_step\": 2, \"kind\": \"etcd_member_crash\"}]}",
+         "needs cluster.etcd_members >= 3");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2, \"etcd_members\": 6}, \"training\": {\"steps\": 5}}",
+         "cluster.etcd_members");
   expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5, \"device\": \"tpu\"}}",
          "training.device: expected");
   expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5, \"backend\": \"mpi\"}}",
