@@ -165,7 +165,7 @@ static const struct {
     {"grow: a step completed in the grown world", "ms"},
     {"grow: steps lost (redone)", ""},
     {"grow: world size after", ""},
-    {"goodput: fault-free step time (baseline)", "us"},
+    {"goodput: fault-free step time (median gap in the window)", "us"},
     {"goodput: steps of progress over the faults' window", ""},
     {"goodput: progress / fault-free progress in that time", "%"},
 };
@@ -223,6 +223,8 @@ typedef struct {
   int done;      /* a trainer logged "done after": training ended */
   uint64_t latest_step;  /* of the newest step line read (rank 0's), and when */
   int64_t latest_step_ms;
+  int64_t *step_ms;      /* when each step line was read, for goodput */
+  size_t n_step_ms, cap_step_ms;
   int killed[MAX_AGENTS]; /* agents the bench killed on purpose */
   pid_t stopped; /* a trainer SIGSTOPped by the bench, and its agent */
   pid_t stopped_parent;
@@ -288,6 +290,14 @@ static void parse_trainer_line(cluster *c, trainer_log *l, const char *line, int
     if (step > g->last_step) g->last_step = step;
     c->latest_step = step;
     c->latest_step_ms = now;
+    if (c->n_step_ms == c->cap_step_ms) {
+      size_t cap = c->cap_step_ms ? 2 * c->cap_step_ms : 4096;
+      int64_t *grown = realloc(c->step_ms, cap * sizeof *grown);
+      if (!grown) return; /* goodput then sees fewer steps: it says how many */
+      c->step_ms = grown;
+      c->cap_step_ms = cap;
+    }
+    c->step_ms[c->n_step_ms++] = now;
   } else if (strncmp(line, "rank ", 5) == 0 && strstr(line, " done after ")) {
     c->done = 1;
   }
@@ -538,6 +548,7 @@ static void cluster_free(cluster *c) {
   }
   if (c->ckpt_dir[0] && !keep_dir && !keep_logs) rm_rf(c->ckpt_dir);
   if (current == c) current = NULL;
+  free(c->step_ms);
   free(c);
 }
 
@@ -1014,16 +1025,33 @@ static int inject_and_measure(cluster *c, const kind_spec *k, int round, kind_re
   return 0;
 }
 
-static int run_round(const kind_spec *k, int round, kind_result *res) {
-  char err[256], grow_line[512] = "";
-  int rc = -1;
+/* A fresh cluster for a round of kind k; NULL (said on stderr) if it
+ * cannot start. */
+static cluster *round_cluster(const kind_spec *k, int round) {
+  char err[256];
   cluster *c = cluster_new(k, round, err, sizeof err);
   if (!c) {
     fprintf(stderr, "faults_bench: %s round %d: cannot start the cluster: %s\n", k->name, round, err);
     keep_dir = 1;
     cluster_free(current);
-    return -1;
   }
+  return c;
+}
+
+/* The end of a round: what the bench saw if it failed (rc != 0), then
+ * the cluster stopped. Returns rc. */
+static int round_end(cluster *c, const kind_spec *k, int round, int rc) {
+  fflush(stdout);
+  if (rc != 0) report_failure(c, k->name, round);
+  cluster_free(c);
+  return rc;
+}
+
+static int run_round(const kind_spec *k, int round, kind_result *res) {
+  char err[256], grow_line[512] = "";
+  int rc = -1;
+  cluster *c = round_cluster(k, round);
+  if (!c) return -1;
   int64_t deadline = tg_clock_mono_ms() + timeout_s * 1000;
   training_arg a = {.world_size = RANKS, .step = 1};
   if (wait_until(c, training_at, &a, deadline, "first world of 8 ranks training") != 0) goto out;
@@ -1046,10 +1074,7 @@ static int run_round(const kind_spec *k, int round, kind_result *res) {
   }
   rc = 0;
 out:
-  fflush(stdout);
-  if (rc != 0) report_failure(c, k->name, round);
-  cluster_free(c);
-  return rc;
+  return round_end(c, k, round, rc);
 }
 
 /* ------------------------------------------------------------ goodput */
@@ -1064,23 +1089,37 @@ static int train_until(cluster *c, int64_t at_ms) {
   return wait_until(c, time_reached, &at_ms, at_ms + 1000, "the next instant on the goodput clock");
 }
 
+static int cmp64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The median of the gaps between the step lines first..n-1. */
+static double median_gap_ms(const cluster *c, size_t first) {
+  size_t n = c->n_step_ms > first + 1 ? c->n_step_ms - first - 1 : 0;
+  int64_t *gaps = n ? malloc(n * sizeof *gaps) : NULL;
+  if (!gaps) return 0;
+  for (size_t i = 0; i < n; i++) gaps[i] = c->step_ms[first + i + 1] - c->step_ms[first + i];
+  qsort(gaps, n, sizeof *gaps, cmp64);
+  double median = n % 2 ? (double)gaps[n / 2] : ((double)gaps[n / 2 - 1] + (double)gaps[n / 2]) / 2;
+  free(gaps);
+  return median;
+}
+
 /* The goodput kind (see kinds[GOODPUT]). Goodput = steps of progress in
  * the window from the first fault to --goodput-faults x --fault-every-s
  * later (the newest step logged at its end minus that at its start: steps
- * redone are not progress), divided by the steps the fault-free rate of
- * the baseline just before would have made in that time. Each fault's
- * figures go to per_kind, as if measured in a round of its own kind. */
+ * redone are not progress) x the fault-free step time / the window. The
+ * fault-free step time is the median gap between step lines in the window
+ * itself (the faults' few long gaps do not move it), so it is taken under
+ * the same load as the faults; the baseline's rate before the window is
+ * reported beside it. Each fault's figures go to per_kind, as if measured
+ * in a round of its own kind. */
 static int run_goodput(const kind_spec *k, int round, kind_result *res, kind_result *per_kind) {
   static const kind_id rotation[] = {TRAINER_CRASH, HANG, NODE_LOSS_SHRINK};
-  char err[256];
   int rc = -1;
-  cluster *c = cluster_new(k, round, err, sizeof err);
-  if (!c) {
-    fprintf(stderr, "faults_bench: %s round %d: cannot start the cluster: %s\n", k->name, round, err);
-    keep_dir = 1;
-    cluster_free(current);
-    return -1;
-  }
+  cluster *c = round_cluster(k, round);
+  if (!c) return -1;
   training_arg a = {.world_size = RANKS, .step = (uint64_t)fault_step};
   if (wait_until(c, training_at, &a, tg_clock_mono_ms() + timeout_s * 1000, "training to reach --fault-step") != 0)
     goto out;
@@ -1094,6 +1133,7 @@ static int run_goodput(const kind_spec *k, int round, kind_result *res, kind_res
   double ideal_ms = (double)(c->latest_step_ms - t_a) / (double)(c->latest_step - s_a);
   int64_t w0 = tg_clock_mono_ms(), w1 = w0 + goodput_faults * fault_every_s * 1000;
   uint64_t s_w0 = c->latest_step;
+  size_t first_step_line = c->n_step_ms;
   printf("  round %d: baseline %" PRIu64 " steps in %" PRId64 " ms: %.1f ms a step\n", round, c->latest_step - s_a,
          c->latest_step_ms - t_a, ideal_ms);
   for (int i = 0; i < goodput_faults; i++) {
@@ -1117,6 +1157,8 @@ static int run_goodput(const kind_spec *k, int round, kind_result *res, kind_res
   }
   if (train_until(c, w1) != 0) goto out;
   uint64_t progress = c->latest_step > s_w0 ? c->latest_step - s_w0 : 0;
+  double baseline_ms = ideal_ms;
+  ideal_ms = median_gap_ms(c, first_step_line);
   double goodput = (double)progress * ideal_ms / (double)(w1 - w0);
   add_fig(res, F_IDEAL_STEP, (int64_t)(ideal_ms * 1000));
   add_fig(res, F_PROGRESS, (int64_t)progress);
@@ -1130,24 +1172,17 @@ static int run_goodput(const kind_spec *k, int round, kind_result *res, kind_res
   cJSON_AddNumberToObject(o, "faults", (double)goodput_faults);
   cJSON_AddNumberToObject(o, "fault_every_s", (double)fault_every_s);
   cJSON_AddNumberToObject(o, "ideal_step_ms", ideal_ms);
+  cJSON_AddNumberToObject(o, "baseline_step_ms", baseline_ms);
   cJSON_AddNumberToObject(o, "window_ms", (double)(w1 - w0));
   cJSON_AddNumberToObject(o, "progress_steps", (double)progress);
   cJSON_AddNumberToObject(o, "goodput", goodput);
   json_line(o);
   rc = 0;
 out:
-  fflush(stdout);
-  if (rc != 0) report_failure(c, k->name, round);
-  cluster_free(c);
-  return rc;
+  return round_end(c, k, round, rc);
 }
 
 /* ------------------------------------------------------------ output */
-
-static int cmp64(const void *a, const void *b) {
-  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-  return x < y ? -1 : x > y;
-}
 
 static void print_table(const kind_spec *k, kind_result *r, const char *command) {
   printf("\n### %s\n\n%s.\n\nCommand: `%s`\n\n", k->name, k->what, command);
