@@ -37,13 +37,14 @@
  *                     1's shards, so the world of 4 ranks resumes from the
  *                     checkpoint persisted every --persist-every steps
  *   goodput           (not in "all") one cluster, no spare, faults on a
- *                     clock: --baseline-s of fault-free training sets the
- *                     ideal step rate, then every --fault-every-s one of
- *                     trainer_crash, hang, node_loss_shrink in turn (each
- *                     measured as above; a lost node starts again once
- *                     training resumed, if more faults follow); goodput =
- *                     progress over the window of --goodput-faults faults
- *                     / what the ideal rate makes in that time. This is
+ *                     clock: --baseline-s of fault-free training, then
+ *                     every --fault-every-s one of trainer_crash, hang,
+ *                     node_loss_shrink in turn (each measured as above; a
+ *                     lost node starts again once training resumed, if
+ *                     more faults follow); goodput = progress over the
+ *                     window of --goodput-faults faults x the fault-free
+ *                     step time (the median step gap in it) / the window.
+ *                     This is
  *                     the Tardigrade half of bench/torchrun (the same
  *                     protocol as bench/torchrun/torchrun_bench.py)
  *
