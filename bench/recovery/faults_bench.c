@@ -36,6 +36,20 @@
  *                     2: position 2 held the only other copy of position
  *                     1's shards, so the world of 4 ranks resumes from the
  *                     checkpoint persisted every --persist-every steps
+ *   goodput           (not in "all") one cluster, no spare, faults on a
+ *                     clock: --baseline-s of fault-free training, then
+ *                     every --fault-every-s one of trainer_crash, hang,
+ *                     node_loss_shrink in turn (each measured as above; a
+ *                     lost node starts again once training resumed, if
+ *                     more faults follow); goodput = progress over the
+ *                     window of --goodput-faults faults x the fault-free
+ *                     step time (the median step gap in it) / the window.
+ *                     This is
+ *                     the Tardigrade half of bench/torchrun (the same
+ *                     protocol as bench/torchrun/torchrun_bench.py)
+ *
+ * --json FILE appends one line per fault measured and per goodput round,
+ * for bench/torchrun/report.py.
  *
  * Trainer logs carry no timestamps, so the bench reads them as they grow,
  * every 2 ms; the coordinator's log lines carry wall-clock milliseconds.
@@ -73,6 +87,7 @@
 #define MAX_ROUNDS 100
 #define MAX_FAULTS 64
 #define POLL_MS 2
+#define GOODPUT_STEPS 1000000 /* tg-train --steps of the goodput kind: it stops on a clock */
 
 /* ------------------------------------------------------------ options */
 
@@ -80,12 +95,15 @@ static char kinds_arg[256] = "all";
 static int64_t rounds = 3, steps = 3000, fault_step = 50, timeout_s = 180;
 static int64_t heartbeat_interval_ms = 100, heartbeat_timeout_ms = 1000, hang_floor_ms = 2000;
 static int64_t last_call_ms = 300, persist_every = 20;
+static int64_t fault_every_s = 90, goodput_faults = 3, baseline_s = 15;
 static int keep_logs;
+static char json_path[512];
+static FILE *json_out; /* --json: one line per fault measured and per goodput run */
 static char agent_log_level[16] = "info";
 
 /* ------------------------------------------------------------ kinds */
 
-typedef enum { TRAINER_CRASH, NODE_LOSS_SPARE, NODE_LOSS_SHRINK, HANG, DISK, N_KINDS } kind_id;
+typedef enum { TRAINER_CRASH, NODE_LOSS_SPARE, NODE_LOSS_SHRINK, HANG, DISK, GOODPUT, N_KINDS } kind_id;
 
 typedef struct {
   const char *name;
@@ -110,6 +128,10 @@ static const kind_spec kinds[N_KINDS] = {
     {"disk", "NODE_LOST", 2, 0, 1, 2, 4,
      "SIGKILL the agents (and trainers) at ring positions 1 and 2: no memory copy of ranks 2-3's "
      "shards is left; resume from the persisted checkpoint"},
+    {"goodput", "-", 3, 0, 0, 0, 8,
+     "one cluster, no spare: after --baseline-s of fault-free training, a fault every --fault-every-s "
+     "(trainer_crash, hang, node_loss_shrink in turn; a lost node is started again once training resumed, "
+     "when more faults follow), each measured as in its own kind; goodput over the faults' window"},
 };
 
 /* ------------------------------------------------------------ figures */
@@ -118,6 +140,7 @@ typedef enum {
   F_DETECTED, F_RECORDED, F_NEW_WORLD, F_FINAL_WORLD, F_JOINED, F_RESUMED, F_CAUGHT_UP,
   F_LAST_STEP, F_RESUME_STEP, F_STEPS_LOST, F_WORLD_BEFORE, F_WORLD_AFTER, F_GENERATIONS,
   F_GROW_REGISTERED, F_GROW_NEW_WORLD, F_GROW_JOINED, F_GROW_RESUMED, F_GROW_STEPS_LOST, F_GROW_WORLD,
+  F_IDEAL_STEP, F_PROGRESS, F_GOODPUT,
   N_FIGS
 } fig_id;
 
@@ -143,6 +166,9 @@ static const struct {
     {"grow: a step completed in the grown world", "ms"},
     {"grow: steps lost (redone)", ""},
     {"grow: world size after", ""},
+    {"goodput: fault-free step time (median gap in the window)", "us"},
+    {"goodput: steps of progress over the faults' window", ""},
+    {"goodput: progress / fault-free progress in that time", "%"},
 };
 
 typedef struct {
@@ -196,6 +222,10 @@ typedef struct {
   gen_info gens[MAX_GENS];
   int n_gens;
   int done;      /* a trainer logged "done after": training ended */
+  uint64_t latest_step;  /* of the newest step line read (rank 0's), and when */
+  int64_t latest_step_ms;
+  int64_t *step_ms;      /* when each step line was read, for goodput */
+  size_t n_step_ms, cap_step_ms;
   int killed[MAX_AGENTS]; /* agents the bench killed on purpose */
   pid_t stopped; /* a trainer SIGSTOPped by the bench, and its agent */
   pid_t stopped_parent;
@@ -259,6 +289,16 @@ static void parse_trainer_line(cluster *c, trainer_log *l, const char *line, int
     if (!g) return;
     if (!g->first_step_ms) g->first_step_ms = now;
     if (step > g->last_step) g->last_step = step;
+    c->latest_step = step;
+    c->latest_step_ms = now;
+    if (c->n_step_ms == c->cap_step_ms) {
+      size_t cap = c->cap_step_ms ? 2 * c->cap_step_ms : 4096;
+      int64_t *grown = realloc(c->step_ms, cap * sizeof *grown);
+      if (!grown) return; /* goodput then sees fewer steps: it says how many */
+      c->step_ms = grown;
+      c->cap_step_ms = cap;
+    }
+    c->step_ms[c->n_step_ms++] = now;
   } else if (strncmp(line, "rank ", 5) == 0 && strstr(line, " done after ")) {
     c->done = 1;
   }
@@ -407,7 +447,7 @@ static int start_agent(cluster *c, int node, char *err, size_t errlen) {
   snprintf(sock, sizeof sock, "%s/%s-n%d.sock", sockdir, c->job, node);
   snprintf(floor_ms, sizeof floor_ms, "%" PRId64, hang_floor_ms);
   snprintf(every, sizeof every, "%" PRId64, persist_every);
-  snprintf(steps_text, sizeof steps_text, "%" PRId64, steps);
+  snprintf(steps_text, sizeof steps_text, "%" PRId64, c->spec == &kinds[GOODPUT] ? GOODPUT_STEPS : steps);
   const char *argv[32] = {"agent/tg-agent", "--node", id, "--job", c->job, "--coordinators", c->listen,
                           "--socket", sock, "--slots", "2", "--log-dir", logs, "--ckpt-mib", "16",
                           "--hang-floor-ms", floor_ms, "--log-level", agent_log_level};
@@ -509,6 +549,7 @@ static void cluster_free(cluster *c) {
   }
   if (c->ckpt_dir[0] && !keep_dir && !keep_logs) rm_rf(c->ckpt_dir);
   if (current == c) current = NULL;
+  free(c->step_ms);
   free(c);
 }
 
@@ -680,6 +721,49 @@ static int newest_fault_id(const cluster *c, char *out, size_t len) {
   return 0;
 }
 
+/* ------------------------------------------------------------ --json */
+
+/* Writes o as one line of --json, with the system named; frees o. */
+static void json_line(cJSON *o) {
+  cJSON_AddStringToObject(o, "system", "tardigrade");
+  char *text = json_out ? cJSON_PrintUnformatted(o) : NULL;
+  if (text) {
+    fprintf(json_out, "%s\n", text);
+    fflush(json_out);
+  }
+  cJSON_free(text);
+  cJSON_Delete(o);
+}
+
+static void json_number_if(cJSON *o, const char *name, int64_t v) {
+  if (v >= 0) cJSON_AddNumberToObject(o, name, (double)v);
+}
+
+/* One fault measured: times in ms from the injection (-1: not seen). */
+typedef struct {
+  int recovered;
+  int64_t detected_ms, resumed_ms, last_step, resume_step;
+  int size_before, size_after;
+} fault_line;
+
+static void json_fault(const cluster *c, const kind_spec *k, int round, const fault_line *f) {
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "kind", k->name);
+  cJSON_AddStringToObject(o, "run", c->spec == &kinds[GOODPUT] ? "timeline" : "fresh");
+  cJSON_AddNumberToObject(o, "round", round);
+  cJSON_AddNumberToObject(o, "hang_floor_ms", (double)hang_floor_ms);
+  cJSON_AddNumberToObject(o, "heartbeat_timeout_ms", (double)heartbeat_timeout_ms);
+  cJSON_AddBoolToObject(o, "recovered", f->recovered);
+  json_number_if(o, "detected_ms", f->detected_ms);
+  json_number_if(o, "resumed_ms", f->resumed_ms);
+  json_number_if(o, "last_step", f->last_step);
+  json_number_if(o, "resume_step", f->resume_step);
+  if (f->recovered) cJSON_AddNumberToObject(o, "steps_lost", (double)(f->last_step - f->resume_step));
+  json_number_if(o, "world_before", f->size_before);
+  json_number_if(o, "world_after", f->size_after);
+  json_line(o);
+}
+
 /* ------------------------------------------------------------ one round */
 
 typedef struct {
@@ -801,38 +885,21 @@ static int grow_back(cluster *c, int node, const gen_info *shrunk, kind_result *
   return 0;
 }
 
-static int run_round(const kind_spec *k, int round, kind_result *res) {
-  char err[256], grow_line[512] = "";
-  int rc = -1;
-  cluster *c = cluster_new(k, round, err, sizeof err);
-  if (!c) {
-    fprintf(stderr, "faults_bench: %s round %d: cannot start the cluster: %s\n", k->name, round, err);
-    keep_dir = 1;
-    cluster_free(current);
-    return -1;
-  }
-  int64_t deadline = tg_clock_mono_ms() + timeout_s * 1000;
-  training_arg a = {.world_size = RANKS, .step = 1};
-  if (wait_until(c, training_at, &a, deadline, "first world of 8 ranks training") != 0) goto out;
-  if (k->spare) {
-    if (start_agent(c, NODES, err, sizeof err) != 0) {
-      snprintf(c->failure, sizeof c->failure, "spare agent: %s", err);
-      goto out;
-    }
-    if (wait_spare(c, deadline) != 0) goto out;
-  }
-  a.step = (uint64_t)fault_step;
-  if (wait_until(c, training_at, &a, deadline, "training to reach --fault-step") != 0) goto out;
-
+/* Injects fault k into the running cluster c and measures it (see the
+ * file's header), adding the figures to res and one JSON line to --json;
+ * -1 with c->failure set when training did not resume or catch up. */
+static int inject_and_measure(cluster *c, const kind_spec *k, int round, kind_result *res, int *victim,
+                              gen_info **resumed_in) {
   /* The victims, by ring position. */
   gen_info *before = newest_gen(c);
   uint64_t g_before = before->generation;
   int at[MAX_AGENTS];
   if (positions(c, g_before, at) != 0) {
     snprintf(c->failure, sizeof c->failure, "cannot tell the ring positions from the trainers' logs");
-    goto out;
+    return -1;
   }
   culprit who = {.nodes = {at[1], at[2]}, .n_nodes = k->nodes_lost ? k->nodes_lost : 1, .rank = -1};
+  *victim = at[1];
   pid_t pids[2][SLOTS] = {{0}};
   for (int j = 0; j < who.n_nodes; j++)
     for (int s = 0; s < SLOTS; s++) {
@@ -846,13 +913,13 @@ static int run_round(const kind_spec *k, int round, kind_result *res) {
     if (pids[0][1] <= 0 || who.rank != SLOTS + 1) {
       snprintf(c->failure, sizeof c->failure, "no trainer of rank 3 found (node n%d slot 1: pid %d rank %d)", at[1],
                (int)pids[0][1], who.rank);
-      goto out;
+      return -1;
     }
   }
   char newest_id[32];
   if (newest_fault_id(c, newest_id, sizeof newest_id) != 0) {
     snprintf(c->failure, sizeof c->failure, "tgctl faults failed before the fault");
-    goto out;
+    return -1;
   }
   poll_logs(c);
 
@@ -902,12 +969,16 @@ static int run_round(const kind_spec *k, int round, kind_result *res) {
     printf("  round %d: %s %s: %s%s; NOT RECOVERED: %s\n", round, k->fault, culprit_text,
            named ? "named" : "NOT NAMED", wrong ? " (another culprit named: WRONG)" : "", c->failure);
     print_faults(faults, n_faults, t0_unix);
-    goto out;
+    json_fault(c, k, round, &(fault_line){.detected_ms = named ? named->detected_unix_ms - t0_unix : -1,
+                                          .resumed_ms = -1, .last_step = -1, .resume_step = -1,
+                                          .size_before = before->world_size, .size_after = -1});
+    return -1;
   }
   poll_logs(c);
   gen_info *g = resumed_gen(c, &r);
   uint64_t last = last_step_between(c, g_before, g->generation);
   const gen_info *formed = first_formed_after(c, g_before);
+  *resumed_in = g;
 
   if (named) {
     add_fig(res, F_DETECTED, named->detected_unix_ms - t0_unix);
@@ -943,30 +1014,176 @@ static int run_round(const kind_spec *k, int round, kind_result *res) {
          g->from_disk ? ", from the persisted checkpoint" : "",
          g->resume_differs ? " (ranks named different resume steps!)" : "");
   print_faults(faults, n_faults, t0_unix);
-  if (caught != 0) goto out; /* c->failure says why */
+  json_fault(c, k, round,
+             &(fault_line){1, named ? named->detected_unix_ms - t0_unix : -1, g->first_step_ms - t0, (int64_t)last,
+                           (int64_t)g->resume_step, before->world_size, g->world_size});
+  if (caught != 0) return -1; /* c->failure says why */
   if (k->persist && g->from_disk != g->world_size) {
     snprintf(c->failure, sizeof c->failure, "%d of %d ranks said they resumed from the persisted checkpoint",
              g->from_disk, g->world_size);
-    goto out;
+    return -1;
   }
-  if (k == &kinds[NODE_LOSS_SHRINK]) {
-    if (grow_back(c, at[1], g, res, grow_line, sizeof grow_line) != 0) goto out;
-    fputs(grow_line, stdout);
+  return 0;
+}
+
+/* A fresh cluster for a round of kind k; NULL (said on stderr) if it
+ * cannot start. */
+static cluster *round_cluster(const kind_spec *k, int round) {
+  char err[256];
+  cluster *c = cluster_new(k, round, err, sizeof err);
+  if (!c) {
+    fprintf(stderr, "faults_bench: %s round %d: cannot start the cluster: %s\n", k->name, round, err);
+    keep_dir = 1;
+    cluster_free(current);
   }
-  rc = 0;
-out:
+  return c;
+}
+
+/* The end of a round: what the bench saw if it failed (rc != 0), then
+ * the cluster stopped. Returns rc. */
+static int round_end(cluster *c, const kind_spec *k, int round, int rc) {
   fflush(stdout);
   if (rc != 0) report_failure(c, k->name, round);
   cluster_free(c);
   return rc;
 }
 
-/* ------------------------------------------------------------ output */
+static int run_round(const kind_spec *k, int round, kind_result *res) {
+  char err[256], grow_line[512] = "";
+  int rc = -1;
+  cluster *c = round_cluster(k, round);
+  if (!c) return -1;
+  int64_t deadline = tg_clock_mono_ms() + timeout_s * 1000;
+  training_arg a = {.world_size = RANKS, .step = 1};
+  if (wait_until(c, training_at, &a, deadline, "first world of 8 ranks training") != 0) goto out;
+  if (k->spare) {
+    if (start_agent(c, NODES, err, sizeof err) != 0) {
+      snprintf(c->failure, sizeof c->failure, "spare agent: %s", err);
+      goto out;
+    }
+    if (wait_spare(c, deadline) != 0) goto out;
+  }
+  a.step = (uint64_t)fault_step;
+  if (wait_until(c, training_at, &a, deadline, "training to reach --fault-step") != 0) goto out;
+
+  int victim;
+  gen_info *g;
+  if (inject_and_measure(c, k, round, res, &victim, &g) != 0) goto out;
+  if (k == &kinds[NODE_LOSS_SHRINK]) {
+    if (grow_back(c, victim, g, res, grow_line, sizeof grow_line) != 0) goto out;
+    fputs(grow_line, stdout);
+  }
+  rc = 0;
+out:
+  return round_end(c, k, round, rc);
+}
+
+/* ------------------------------------------------------------ goodput */
+
+static int time_reached(cluster *c, void *arg) {
+  (void)c;
+  return tg_clock_mono_ms() >= *(const int64_t *)arg;
+}
+
+/* Reads the logs until the monotonic clock reaches at_ms. */
+static int train_until(cluster *c, int64_t at_ms) {
+  return wait_until(c, time_reached, &at_ms, at_ms + 1000, "the next instant on the goodput clock");
+}
 
 static int cmp64(const void *a, const void *b) {
   int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
   return x < y ? -1 : x > y;
 }
+
+/* The median of the gaps between the step lines first..n-1. */
+static double median_gap_ms(const cluster *c, size_t first) {
+  size_t n = c->n_step_ms > first + 1 ? c->n_step_ms - first - 1 : 0;
+  int64_t *gaps = n ? malloc(n * sizeof *gaps) : NULL;
+  if (!gaps) return 0;
+  for (size_t i = 0; i < n; i++) gaps[i] = c->step_ms[first + i + 1] - c->step_ms[first + i];
+  qsort(gaps, n, sizeof *gaps, cmp64);
+  double median = n % 2 ? (double)gaps[n / 2] : ((double)gaps[n / 2 - 1] + (double)gaps[n / 2]) / 2;
+  free(gaps);
+  return median;
+}
+
+/* The goodput kind (see kinds[GOODPUT]). Goodput = steps of progress in
+ * the window from the first fault to --goodput-faults x --fault-every-s
+ * later (the newest step logged at its end minus that at its start: steps
+ * redone are not progress) x the fault-free step time / the window. The
+ * fault-free step time is the median gap between step lines in the window
+ * itself (the faults' few long gaps do not move it), so it is taken under
+ * the same load as the faults; the baseline's rate before the window is
+ * reported beside it. Each fault's figures go to per_kind, as if measured
+ * in a round of its own kind. */
+static int run_goodput(const kind_spec *k, int round, kind_result *res, kind_result *per_kind) {
+  static const kind_id rotation[] = {TRAINER_CRASH, HANG, NODE_LOSS_SHRINK};
+  int rc = -1;
+  cluster *c = round_cluster(k, round);
+  if (!c) return -1;
+  training_arg a = {.world_size = RANKS, .step = (uint64_t)fault_step};
+  if (wait_until(c, training_at, &a, tg_clock_mono_ms() + timeout_s * 1000, "training to reach --fault-step") != 0)
+    goto out;
+  uint64_t s_a = c->latest_step;
+  int64_t t_a = c->latest_step_ms;
+  if (train_until(c, tg_clock_mono_ms() + baseline_s * 1000) != 0) goto out;
+  if (c->latest_step <= s_a) {
+    snprintf(c->failure, sizeof c->failure, "no progress in the %" PRId64 " s baseline", baseline_s);
+    goto out;
+  }
+  double ideal_ms = (double)(c->latest_step_ms - t_a) / (double)(c->latest_step - s_a);
+  int64_t w0 = tg_clock_mono_ms(), w1 = w0 + goodput_faults * fault_every_s * 1000;
+  uint64_t s_w0 = c->latest_step;
+  size_t first_step_line = c->n_step_ms;
+  printf("  round %d: baseline %" PRIu64 " steps in %" PRId64 " ms: %.1f ms a step\n", round, c->latest_step - s_a,
+         c->latest_step_ms - t_a, ideal_ms);
+  for (int i = 0; i < goodput_faults; i++) {
+    if (train_until(c, w0 + i * fault_every_s * 1000) != 0) goto out;
+    const kind_spec *f = &kinds[rotation[i % 3]];
+    kind_result *fr = &per_kind[f - kinds];
+    int victim;
+    gen_info *g;
+    printf("  fault %d of round %d at +%.1f s: %s\n", i + 1, round, (double)(tg_clock_mono_ms() - w0) / 1000,
+           f->name);
+    if (inject_and_measure(c, f, round, fr, &victim, &g) != 0) {
+      fr->failed++;
+      goto out;
+    }
+    fr->ok++;
+    if (f == &kinds[NODE_LOSS_SHRINK] && i + 1 < goodput_faults) {
+      char line[512];
+      if (grow_back(c, victim, g, fr, line, sizeof line) != 0) goto out;
+      fputs(line, stdout);
+    }
+  }
+  if (train_until(c, w1) != 0) goto out;
+  uint64_t progress = c->latest_step > s_w0 ? c->latest_step - s_w0 : 0;
+  double baseline_ms = ideal_ms;
+  ideal_ms = median_gap_ms(c, first_step_line);
+  double goodput = (double)progress * ideal_ms / (double)(w1 - w0);
+  add_fig(res, F_IDEAL_STEP, (int64_t)(ideal_ms * 1000));
+  add_fig(res, F_PROGRESS, (int64_t)progress);
+  add_fig(res, F_GOODPUT, (int64_t)(goodput * 100 + 0.5));
+  printf("  round %d: %" PRIu64 " steps of progress in %" PRId64 " s (step %" PRIu64 " -> %" PRIu64
+         "); fault-free: %.0f; goodput %.1f %%\n",
+         round, progress, (w1 - w0) / 1000, s_w0, c->latest_step, (double)(w1 - w0) / ideal_ms, goodput * 100);
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "kind", "goodput");
+  cJSON_AddNumberToObject(o, "round", round);
+  cJSON_AddNumberToObject(o, "faults", (double)goodput_faults);
+  cJSON_AddNumberToObject(o, "fault_every_s", (double)fault_every_s);
+  cJSON_AddNumberToObject(o, "ideal_step_ms", ideal_ms);
+  cJSON_AddNumberToObject(o, "baseline_step_ms", baseline_ms);
+  cJSON_AddNumberToObject(o, "window_ms", (double)(w1 - w0));
+  cJSON_AddNumberToObject(o, "progress_steps", (double)progress);
+  cJSON_AddNumberToObject(o, "goodput", goodput);
+  json_line(o);
+  rc = 0;
+out:
+  return round_end(c, k, round, rc);
+}
+
+/* ------------------------------------------------------------ output */
 
 static void print_table(const kind_spec *k, kind_result *r, const char *command) {
   printf("\n### %s\n\n%s.\n\nCommand: `%s`\n\n", k->name, k->what, command);
@@ -979,7 +1196,8 @@ static void print_table(const kind_spec *k, kind_result *r, const char *command)
     int64_t *v = r->v[f];
     qsort(v, (size_t)n, sizeof *v, cmp64);
     double median = n % 2 ? (double)v[n / 2] : ((double)v[n / 2 - 1] + (double)v[n / 2]) / 2;
-    const char *u = figs[f].unit[0] ? " ms" : "";
+    char u[8] = "";
+    if (figs[f].unit[0]) snprintf(u, sizeof u, " %s", figs[f].unit);
     printf("| %s | %.0f%s | %" PRId64 "%s | %" PRId64 "%s |\n", figs[f].name, median, u, v[0], u, v[n - 1], u);
   }
   fflush(stdout);
@@ -1002,7 +1220,7 @@ static int find_binaries(const char *argv0) {
 
 static int parse_kinds(int selected[N_KINDS]) {
   if (strcmp(kinds_arg, "all") == 0) {
-    for (int i = 0; i < N_KINDS; i++) selected[i] = 1;
+    for (int i = 0; i < N_KINDS; i++) selected[i] = i != GOODPUT;
     return 0;
   }
   char copy[sizeof kinds_arg], *save = NULL;
@@ -1012,7 +1230,7 @@ static int parse_kinds(int selected[N_KINDS]) {
     for (int i = 0; i < N_KINDS; i++)
       if (strcmp(t, kinds[i].name) == 0) selected[i] = found = 1;
     if (!found) {
-      fprintf(stderr, "faults_bench: unknown kind %s (trainer_crash, node_loss_spare, node_loss_shrink, hang, disk)\n",
+      fprintf(stderr, "faults_bench: unknown kind %s (trainer_crash, node_loss_spare, node_loss_shrink, hang, disk, goodput)\n",
               t);
       return -1;
     }
@@ -1023,7 +1241,7 @@ static int parse_kinds(int selected[N_KINDS]) {
 int main(int argc, char **argv) {
   const tg_option opts[] = {
       {"kinds", TG_OPT_STRING, kinds_arg, sizeof kinds_arg, 0, 0,
-       "comma-separated: trainer_crash, node_loss_spare, node_loss_shrink, hang, disk (or all)"},
+       "comma-separated: trainer_crash, node_loss_spare, node_loss_shrink, hang, disk (all: these five), goodput"},
       {"rounds", TG_OPT_INT, &rounds, 0, 1, MAX_ROUNDS, "rounds per kind (a fresh cluster each)"},
       {"steps", TG_OPT_INT, &steps, 0, 10, 100000000, "tg-train --steps: the length of each round's run"},
       {"fault-step", TG_OPT_INT, &fault_step, 0, 1, 100000000, "inject once rank 0 completed this step"},
@@ -1036,6 +1254,11 @@ int main(int argc, char **argv) {
       {"persist-every", TG_OPT_INT, &persist_every, 0, 1, 100000, "tg-agent's, for the disk kind"},
       {"agent-log-level", TG_OPT_STRING, agent_log_level, sizeof agent_log_level, 0, 0,
        "tg-agent's --log-level (debug shows replication and persistence)"},
+      {"fault-every-s", TG_OPT_INT, &fault_every_s, 0, 1, 86400, "goodput: seconds between faults"},
+      {"goodput-faults", TG_OPT_INT, &goodput_faults, 0, 1, 1000, "goodput: faults in the window (kinds in turn)"},
+      {"baseline-s", TG_OPT_INT, &baseline_s, 0, 1, 3600, "goodput: fault-free training that sets the ideal rate"},
+      {"json", TG_OPT_STRING, json_path, sizeof json_path, 0, 0,
+       "append one JSON line per fault measured and per goodput round to this file"},
       {"keep-logs", TG_OPT_BOOL, &keep_logs, 0, 0, 0, "keep the logs even when every round recovered"},
   };
   char err[512];
@@ -1054,6 +1277,10 @@ int main(int argc, char **argv) {
   if (find_binaries(argv[0]) != 0) return 2;
   if (fault_step + 100 > steps) {
     fprintf(stderr, "faults_bench: --steps must leave room after --fault-step (at least 100 more)\n");
+    return 2;
+  }
+  if (json_path[0] && !(json_out = fopen(json_path, "a"))) {
+    fprintf(stderr, "faults_bench: --json %s: cannot open for appending\n", json_path);
     return 2;
   }
   tg_log_init("faults_bench", TG_LOG_WARN);
@@ -1117,7 +1344,8 @@ int main(int argc, char **argv) {
     printf("\n%s: %s (load average %s)\n", kinds[k].name, kinds[k].what, kind_load);
     int64_t started = tg_clock_mono_ms();
     for (int r = 1; r <= rounds && !interrupted; r++) {
-      if (run_round(&kinds[k], r, &results[k]) == 0) results[k].ok++;
+      int rc = k == GOODPUT ? run_goodput(&kinds[k], r, &results[k], results) : run_round(&kinds[k], r, &results[k]);
+      if (rc == 0) results[k].ok++;
       else results[k].failed++;
     }
     results[k].wall_ms = tg_clock_mono_ms() - started;
@@ -1126,7 +1354,7 @@ int main(int argc, char **argv) {
   }
   printf("\n## Results\n");
   for (int k = 0; k < N_KINDS; k++)
-    if (selected[k] && results[k].ok + results[k].failed > 0) print_table(&kinds[k], &results[k], command);
+    if (results[k].ok + results[k].failed > 0) print_table(&kinds[k], &results[k], command);
   now = time(NULL);
   strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S UTC", gmtime(&now));
   lf = fopen("/proc/loadavg", "r");
@@ -1136,6 +1364,7 @@ int main(int argc, char **argv) {
          load, failed, wrong);
   fflush(stdout);
   if (interrupted) keep_dir = 1;
+  if (json_out) fclose(json_out);
   cleanup();
   return interrupted ? 130 : failed || wrong ? 1 : 0;
 }
