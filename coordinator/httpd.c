@@ -82,7 +82,7 @@ static int past(const struct timespec *ts) {
 static int next_event(tg_httpd *h, stream *s) {
   for (size_t i = 0; i < h->n_docs; i++) {
     doc *d = &h->docs[i];
-    if (!d->spec.sse_event || d->version == s->sent[i]) continue;
+    if (!d->spec.sse_event || !d->body || d->version == s->sent[i]) continue;
     size_t cap = strlen(d->spec.sse_event) + d->len + 32;
     char *ev = malloc(cap);
     if (!ev) return 0;
@@ -219,11 +219,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   for (size_t i = 0; i < h->n_docs; i++) {
     if (strcmp(url, h->docs[i].spec.path) != 0) continue;
     pthread_mutex_lock(&h->mu);
-    size_t len = h->docs[i].len;
-    char *body = malloc(len ? len : 1);
-    if (body) memcpy(body, h->docs[i].body, len);
-    const char *type = h->docs[i].spec.content_type;
+    const doc *d = &h->docs[i];
+    int ready = d->body != NULL;
+    char *body = ready ? malloc(d->len ? d->len : 1) : NULL;
+    size_t len = d->len;
+    if (body) memcpy(body, d->body, len);
+    const char *type = d->spec.content_type;
     pthread_mutex_unlock(&h->mu);
+    if (!ready) return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready yet\n", NULL);
     if (!body) return MHD_NO;
     return reply(conn, MHD_HTTP_OK, type, body, len, NULL);
   }

@@ -104,6 +104,20 @@ static void test_documents(void **state) {
   tg_httpd_free(h);
 }
 
+/* A document not published yet is not an empty 200. */
+static void test_unpublished(void **state) {
+  char err[256], buf[4096];
+  tg_httpd_config cfg = {.listen = "127.0.0.1:0", .docs = docs, .n_docs = 3, .events_path = "/api/v1/events"};
+  tg_httpd *h = tg_httpd_start(&cfg, err, sizeof err);
+  assert_non_null(h);
+  request(h, "GET /api/v1/state HTTP/1.0\r\n\r\n", buf, sizeof buf);
+  assert_non_null(strstr(buf, " 503 "));
+  tg_httpd_publish(h, 1, "", 0);
+  request(h, "GET /api/v1/state HTTP/1.0\r\n\r\n", buf, sizeof buf);
+  assert_non_null(strstr(buf, " 200 "));
+  tg_httpd_free(h);
+}
+
 static void test_refusals(void **state) {
   tg_httpd *h = start(4);
   char buf[4096];
@@ -241,6 +255,7 @@ static void test_bad_addresses(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_documents),
+      cmocka_unit_test(test_unpublished),
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_event_stream),
       cmocka_unit_test(test_stream_limit_and_disconnects),
