@@ -35,6 +35,7 @@
 
 #include "common/clock/clock.h"
 #include "common/log/log.h"
+#include "coordinator/names.h"
 
 #define PUBLISH_MS 500
 #define STANDBY_PUBLISH_MS 1000
@@ -57,24 +58,6 @@ static const tg_httpd_doc docs[N_DOCS] = {
 };
 
 /* ------------------------------------------------------------- names */
-
-/* An enum value's name without its prefix: FAULT_TRAINER_EXIT -> TRAINER_EXIT. */
-static const char *enum_name(const ProtobufCEnumDescriptor *d, int value, const char *prefix) {
-  const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(d, value);
-  if (!v) return "UNKNOWN";
-  size_t n = strlen(prefix);
-  return strncmp(v->name, prefix, n) == 0 ? v->name + n : v->name;
-}
-
-static const char *kind_name(int kind) {
-  return enum_name(&tardigrade__v1__fault_kind__descriptor, kind, "FAULT_");
-}
-static const char *severity_name(int severity) {
-  return enum_name(&tardigrade__v1__severity__descriptor, severity, "SEVERITY_");
-}
-static const char *state_name(int state) {
-  return enum_name(&tardigrade__v1__node_state__descriptor, state, "NODE_");
-}
 
 /* Lower case, for metric labels. */
 static void lower(char *out, size_t len, const char *in) {
@@ -114,7 +97,7 @@ static const char *class_status(const tg_node *n, int (*is_class)(int)) {
   for (size_t i = 0; i < n->n_health_faults; i++)
     if (is_class(n->health_faults[i].kind) && n->health_faults[i].severity > worst)
       worst = n->health_faults[i].severity;
-  return worst ? severity_name(worst) : "OK";
+  return worst ? tg_severity_name(worst) : "OK";
 }
 
 /* ------------------------------------------------------------- hooks */
@@ -290,7 +273,7 @@ static cJSON *state_json(tg_coord *c, int64_t now) {
     if (p && (!best || p->step > best->step || (p->step == best->step && p->rank < best->rank))) best = p;
   }
   for (int s = TARDIGRADE__V1__NODE_STATE__NODE_JOINING; s <= TARDIGRADE__V1__NODE_STATE__NODE_LEFT; s++)
-    add_int(counts, state_name(s), (int64_t)by_state[s]);
+    add_int(counts, tg_node_state_name(s), (int64_t)by_state[s]);
   add_int(o, "step", best ? (int64_t)best->step : 0);
   add_number_or_null(o, "loss", best ? best->loss : 0, best != NULL);
   cJSON_AddItemToObject(o, "nodes", counts);
@@ -310,7 +293,7 @@ static cJSON *node_json(tg_coord *c, const tg_node *n, int64_t mono, int64_t uni
   cJSON_AddStringToObject(o, "id", n->id);
   cJSON_AddStringToObject(o, "hostname", info && info->hostname ? info->hostname : "");
   cJSON_AddStringToObject(o, "address", info && info->address ? info->address : "");
-  cJSON_AddStringToObject(o, "state", state_name(tg_coord_node_state(c, n)));
+  cJSON_AddStringToObject(o, "state", tg_node_state_name(tg_coord_node_state(c, n)));
   add_int(o, "position", n->position);
   cJSON_AddBoolToObject(o, "healthy", n->healthy);
   add_int(o, "last_heartbeat_unix_ms", unix_now - (mono - n->last_heartbeat_ms));
@@ -329,8 +312,8 @@ static cJSON *node_json(tg_coord *c, const tg_node *n, int64_t mono, int64_t uni
   cJSON *hf = cJSON_AddArrayToObject(o, "health_faults");
   for (size_t i = 0; i < n->n_health_faults; i++) {
     cJSON *f = cJSON_CreateObject();
-    cJSON_AddStringToObject(f, "kind", kind_name(n->health_faults[i].kind));
-    cJSON_AddStringToObject(f, "severity", severity_name(n->health_faults[i].severity));
+    cJSON_AddStringToObject(f, "kind", tg_fault_kind_name(n->health_faults[i].kind));
+    cJSON_AddStringToObject(f, "severity", tg_severity_name(n->health_faults[i].severity));
     cJSON_AddStringToObject(f, "component", n->health_faults[i].component);
     cJSON_AddItemToArray(hf, f);
   }
@@ -362,8 +345,8 @@ static cJSON *fault_json(const Tardigrade__V1__Fault *f) {
   else if (f->component && f->component[0]) snprintf(culprit, sizeof culprit, "%s %s", f->node_id, f->component);
   else snprintf(culprit, sizeof culprit, "%s", f->node_id);
   cJSON_AddStringToObject(o, "id", f->fault_id);
-  cJSON_AddStringToObject(o, "kind", kind_name(f->kind));
-  cJSON_AddStringToObject(o, "severity", severity_name(f->severity));
+  cJSON_AddStringToObject(o, "kind", tg_fault_kind_name(f->kind));
+  cJSON_AddStringToObject(o, "severity", tg_severity_name(f->severity));
   cJSON_AddStringToObject(o, "node_id", f->node_id);
   add_int(o, "rank", f->rank);
   cJSON_AddStringToObject(o, "culprit", culprit);
@@ -446,7 +429,7 @@ static void metrics_text(tg_coord *c, tg_text *t, int64_t now) {
   tg_prom_family(t, "tardigrade_nodes", "gauge", "registered nodes by state");
   for (int s = TARDIGRADE__V1__NODE_STATE__NODE_JOINING; s <= TARDIGRADE__V1__NODE_STATE__NODE_LEFT; s++) {
     char name[32];
-    lower(name, sizeof name, state_name(s));
+    lower(name, sizeof name, tg_node_state_name(s));
     const char *labels[] = {"state", name, NULL};
     tg_prom_sample(t, "tardigrade_nodes", labels, (double)by_state[s]);
   }
@@ -460,8 +443,8 @@ static void metrics_text(tg_coord *c, tg_text *t, int64_t now) {
     for (int s = 1; s < 5; s++) {
       if (!d->faults_by_kind[k][s]) continue;
       char kind[40], sev[16];
-      lower(kind, sizeof kind, kind_name(k));
-      lower(sev, sizeof sev, severity_name(s));
+      lower(kind, sizeof kind, tg_fault_kind_name(k));
+      lower(sev, sizeof sev, tg_severity_name(s));
       const char *labels[] = {"kind", kind, "severity", sev, NULL};
       tg_prom_sample(t, "tardigrade_faults_total", labels, (double)d->faults_by_kind[k][s]);
     }
