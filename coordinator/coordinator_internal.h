@@ -93,6 +93,7 @@ typedef struct {
   tg_httpd *httpd;               /* NULL: --http off */
   char http_address[TG_ADDR_MAX]; /* host:port bound */
   int64_t last_publish_ms;       /* monotonic */
+  int64_t last_nodes_publish_ms;
   int dirty;                     /* publish soon: a fault, a world */
   tg_generation_entry generations[TG_GENERATION_LOG]; /* ring, newest at gen_head - 1 */
   size_t gen_head, n_generations;

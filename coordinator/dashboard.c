@@ -39,6 +39,10 @@
 
 #define PUBLISH_MS 500
 #define STANDBY_PUBLISH_MS 1000
+/* The node list of a large job (a few hundred bytes a node) is rendered
+ * and pushed less often, unless a fault or a world made it dirty. */
+#define LARGE_JOB_NODES 256
+#define LARGE_NODES_PUBLISH_MS 5000
 #define MIN_GAP_MS 50
 #define FAULTS_SHOWN 200
 
@@ -466,6 +470,7 @@ static void metrics_text(tg_coord *c, tg_text *t, int64_t now) {
 
 /* ---------------------------------------------------------- publish */
 
+/* Prints and publishes o (NULL: nothing to publish) and frees it. */
 static void publish_json(tg_httpd *h, size_t doc, cJSON *o) {
   char *s = o ? cJSON_PrintUnformatted(o) : NULL;
   if (s) tg_httpd_publish(h, doc, s, strlen(s));
@@ -480,10 +485,13 @@ void tg_dash_tick(tg_coord *c) {
   int64_t mono = tg_clock_mono_ms(), since = mono - d->last_publish_ms;
   int64_t period = c->leader ? PUBLISH_MS : STANDBY_PUBLISH_MS;
   if (d->last_publish_ms && since < period && !(d->dirty && since >= MIN_GAP_MS)) return;
+  int nodes_due = c->n_nodes <= LARGE_JOB_NODES || d->dirty ||
+                  mono - d->last_nodes_publish_ms >= LARGE_NODES_PUBLISH_MS;
   d->last_publish_ms = mono;
+  if (nodes_due) d->last_nodes_publish_ms = mono;
   d->dirty = 0;
   int64_t now = tg_clock_unix_ms();
-  cJSON *state = state_json(c, now), *nodes = nodes_json(c), *faults = faults_json(c);
+  cJSON *state = state_json(c, now), *nodes = nodes_due ? nodes_json(c) : NULL, *faults = faults_json(c);
   cJSON *gens = generations_json(c);
   tg_text metrics = {0};
   metrics_text(c, &metrics, now);
