@@ -106,16 +106,6 @@ static const char *class_status(const tg_node *n, int (*is_class)(int)) {
 
 /* ------------------------------------------------------------- hooks */
 
-void tg_dash_taken_over(tg_coord *c) {
-  tg_dash_state *d = &c->dash;
-  d->gen_head = d->n_generations = 0;
-  d->n_pending = 0;
-  d->goodput_start_unix_ms = d->down_ms = d->down_since_unix_ms = 0;
-  d->last_committed = c->committed_step;
-  if (c->world) tg_dash_world_formed(c, c->world);
-  d->dirty = 1;
-}
-
 static void entry_of(const Tardigrade__V1__World *w, tg_generation_entry *e) {
   memset(e, 0, sizeof *e);
   e->generation = w->generation;
@@ -126,12 +116,26 @@ static void entry_of(const Tardigrade__V1__World *w, tg_generation_entry *e) {
   snprintf(e->reason, sizeof e->reason, "%s", w->reason ? w->reason : "");
 }
 
-void tg_dash_world_formed(tg_coord *c, const Tardigrade__V1__World *w) {
-  tg_dash_state *d = &c->dash;
+static void append_generation(tg_dash_state *d, const Tardigrade__V1__World *w) {
   entry_of(w, &d->generations[d->gen_head % TG_GENERATION_LOG]);
   d->gen_head++;
   if (d->n_generations < TG_GENERATION_LOG) d->n_generations++;
-  d->worlds_formed++;
+  d->dirty = 1;
+}
+
+void tg_dash_world_formed(tg_coord *c, const Tardigrade__V1__World *w) {
+  append_generation(&c->dash, w);
+  c->dash.worlds_formed++;
+}
+
+/* The history starts again with the world this leader found in etcd. */
+void tg_dash_taken_over(tg_coord *c) {
+  tg_dash_state *d = &c->dash;
+  d->gen_head = d->n_generations = 0;
+  d->n_pending = 0;
+  d->goodput_start_unix_ms = d->down_ms = d->down_since_unix_ms = 0;
+  d->last_committed = c->committed_step;
+  if (c->world) append_generation(d, c->world);
   d->dirty = 1;
 }
 
@@ -178,7 +182,7 @@ static void resolve_recoveries(tg_coord *c) {
   if (committed > d->last_committed && !d->goodput_start_unix_ms) d->goodput_start_unix_ms = now;
   d->last_committed = committed;
   if (!d->n_pending || !c->world || c->world->n_nodes == 0 || committed <= c->world->resume_step) return;
-  size_t kept = 0;
+  size_t kept = 0, before = d->n_pending;
   for (size_t i = 0; i < d->n_pending; i++) {
     tg_pending_recovery *p = &d->pending[i];
     if (p->generation >= c->world->generation) {
@@ -197,7 +201,7 @@ static void resolve_recoveries(tg_coord *c) {
     d->down_ms += now - d->down_since_unix_ms;
     d->down_since_unix_ms = 0;
   }
-  d->dirty = 1;
+  if (kept < before) d->dirty = 1;
 }
 
 /* ------------------------------------------------------------- JSON */
