@@ -51,8 +51,10 @@ void tg_agent_config_defaults(tg_agent_config *cfg) {
 }
 
 void tg_agent_report(tg_agent *a, int kind, int severity, int rank, const char *detail,
-                     uint64_t collective_seq, const char *op, const char *component) {
+                     uint64_t collective_seq, const char *op, const char *component, int64_t since_ms) {
   Tardigrade__V1__Fault f = TARDIGRADE__V1__FAULT__INIT;
+  f.detected_unix_ms = tg_clock_unix_ms();
+  f.occurred_unix_ms = f.detected_unix_ms - (since_ms > 0 ? since_ms : 0);
   f.kind = kind;
   f.severity = severity;
   f.rank = rank;
@@ -109,7 +111,7 @@ static void on_probe_event(const tg_probe_event *ev, void *user) {
     return;
   }
   tg_agent_report(a, ev->kind, TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING, -1, line, 0, NULL,
-                  ev->peer.node_id);
+                  ev->peer.node_id, 0);
 }
 
 /* Shards go to the buddy at position (p+1) % n, where n is the number of
@@ -185,6 +187,15 @@ static void fill_heartbeat(Tardigrade__V1__HeartbeatRequest *hb, void *user) {
   pthread_mutex_unlock(&a->mu);
   tardigrade__v1__health_report__init(&a->hb_health);
   a->hb_health.healthy = a->health ? tg_health_checker_healthy(a->health) : 1;
+  /* What is wrong now, for the operators' view of the node. */
+  size_t n_active = a->health ? tg_health_checker_active(a->health, a->hb_active, TG_AGENT_HB_HEALTH) : 0;
+  if (n_active > TG_AGENT_HB_HEALTH) n_active = TG_AGENT_HB_HEALTH;
+  for (size_t i = 0; i < n_active; i++) {
+    tg_health_fault_to_proto(&a->hb_active[i], &a->hb_active_msgs[i]);
+    a->hb_active_ptrs[i] = &a->hb_active_msgs[i];
+  }
+  a->hb_health.n_active = n_active;
+  a->hb_health.active = a->hb_active_ptrs;
   hb->health = &a->hb_health;
   hb->n_progress = n;
   hb->progress = a->hb_progress_ptrs;
@@ -196,7 +207,7 @@ static void fill_heartbeat(Tardigrade__V1__HeartbeatRequest *hb, void *user) {
 static void on_persist_error(const char *detail, void *user) {
   tg_agent *a = user;
   tg_agent_report(a, TARDIGRADE__V1__FAULT_KIND__FAULT_DISK, TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING, -1,
-                  detail, 0, NULL, a->cfg.ckpt_dir);
+                  detail, 0, NULL, a->cfg.ckpt_dir, 0);
 }
 
 /* --------------------------------------------------------------- health */
@@ -297,6 +308,7 @@ static void on_trainer_exit(int slot, pid_t pid, int exit_code, int sig, int wil
   f.detail = detail;
   f.exit_code = exit_code;
   f.signal = sig;
+  f.detected_unix_ms = f.occurred_unix_ms = tg_clock_unix_ms(); /* waitid sees an exit at once */
   TG_WARN("%s", detail);
   tg_rpc_status st = {0};
   if (tg_session_report_fault(a->session, &f, 0, &st) != TG_RPC_OK)
@@ -366,11 +378,12 @@ static void report_stopped(tg_agent *a, int64_t now) {
     if (rank < 0 || a->stop_reported[s] || !alive_stalled(a, s, now, a->cfg.hang_floor_ms)) continue;
     a->stop_reported[s] = 1;
     char detail[256];
+    int64_t stalled_ms = now - a->alive_changed_ms[s];
     snprintf(detail, sizeof detail, "slot %d (rank %d) stopped: its alive counter has not moved for %" PRId64 " ms",
-             s, rank, now - a->alive_changed_ms[s]);
+             s, rank, stalled_ms);
     pthread_mutex_unlock(&a->mu);
     tg_agent_report(a, TARDIGRADE__V1__FAULT_KIND__FAULT_HANG, TARDIGRADE__V1__SEVERITY__SEVERITY_ERROR, rank,
-                    detail, 0, "", NULL);
+                    detail, 0, "", NULL, stalled_ms);
     if (a->supervisor) tg_supervisor_signal(a->supervisor, s, SIGKILL);
     pthread_mutex_lock(&a->mu);
   }
@@ -429,7 +442,7 @@ static void *monitor_main(void *arg) {
                            : TARDIGRADE__V1__FAULT_KIND__FAULT_STRAGGLER,
                       hang ? TARDIGRADE__V1__SEVERITY__SEVERITY_ERROR
                            : TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING,
-                      rank, detail, ev[i].seq, ev[i].op, NULL);
+                      rank, detail, ev[i].seq, ev[i].op, NULL, hang ? ev[i].stalled_ms : 0);
       /* A hung trainer this agent supervises is killed, so that it is
        * restarted and re-joins the next generation. */
       if (hang && slot >= 0 && a->supervisor) tg_supervisor_signal(a->supervisor, slot, SIGKILL);

@@ -24,6 +24,8 @@
 #include "proto/tardigrade/v1/agent.pb-c.h"
 #include "proto/tardigrade/v1/coordinator.pb-c.h"
 
+#define TG_AGENT_HB_HEALTH 16 /* active health faults carried per heartbeat */
+
 typedef struct {
   int pid;                        /* of the trainer that joined in this slot, 0: none */
   uint64_t generation;            /* it joined */
@@ -82,6 +84,9 @@ struct tg_agent {
   Tardigrade__V1__HealthReport hb_health;
   Tardigrade__V1__RankProgress hb_progress[TG_AGENT_MAX_SLOTS];
   Tardigrade__V1__RankProgress *hb_progress_ptrs[TG_AGENT_MAX_SLOTS];
+  tg_health_fault hb_active[TG_AGENT_HB_HEALTH];  /* the checker's active faults, */
+  Tardigrade__V1__Fault hb_active_msgs[TG_AGENT_HB_HEALTH]; /* as the coordinator sees them */
+  Tardigrade__V1__Fault *hb_active_ptrs[TG_AGENT_HB_HEALTH];
 };
 
 /* local_service.c */
@@ -92,8 +97,9 @@ void tg_agent_answer_joins(tg_agent *a);
 void tg_agent_end_joins(tg_agent *a, tg_rpc_code code, const char *why);
 
 /* agent.c */
-/* Reports a fault to the coordinator (mu not held); logs it either way. */
+/* Reports a fault to the coordinator (mu not held); logs it either way.
+ * It was detected now and occurred since_ms earlier (0: just now). */
 void tg_agent_report(tg_agent *a, int kind, int severity, int rank, const char *detail,
-                     uint64_t collective_seq, const char *op, const char *component);
+                     uint64_t collective_seq, const char *op, const char *component, int64_t since_ms);
 
 #endif

@@ -70,7 +70,7 @@ static void start_coordinator(job *j) {
   snprintf(nodes, sizeof nodes, "%d", j->nodes);
   snprintf(log, sizeof log, "%s/%s-coordinator.log", tmpdir, j->job);
   const char *argv[] = {"coordinator/tg-coordinator", "--job", j->job, "--id", "c0", "--listen", listen,
-                        "--etcd", tg_etcd_cluster_endpoints(etcd), "--min-nodes", nodes, "--max-nodes",
+                        "--http", "off", "--etcd", tg_etcd_cluster_endpoints(etcd), "--min-nodes", nodes, "--max-nodes",
                         nodes, "--slots", "1", "--heartbeat-interval-ms", "100", "--heartbeat-timeout-ms",
                         "2000", "--leader-ttl-s", "1", "--quarantine-faults", "0", NULL};
   char err[256];

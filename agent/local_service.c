@@ -196,7 +196,7 @@ static void on_trainer_fault(tg_rpc_call *call, const ProtobufCMessage *msg, voi
   int rank = a->slots[req->slot].rank;
   pthread_mutex_unlock(&a->mu);
   tg_agent_report(a, f->kind, f->severity, rank, f->detail, f->collective_seq, f->collective_op,
-                  f->component);
+                  f->component, 0);
   Tardigrade__V1__TrainerFaultResponse r = TARDIGRADE__V1__TRAINER_FAULT_RESPONSE__INIT;
   tg_rpc_call_finish(call, TG_RPC_OK, NULL, &r.base);
 }

@@ -159,7 +159,7 @@ int tg_chaos_cluster_start_coordinator(tg_chaos_cluster *c, int i, char *err, si
   snprintf(hb_interval, sizeof hb_interval, "%lld", (long long)(interval < 20 ? 20 : interval > 1000 ? 1000 : interval));
   snprintf(hb_timeout, sizeof hb_timeout, "%lld", (long long)c->spec.heartbeat_timeout_ms);
   snprintf(log, sizeof log, "%s/logs/%s.log", c->dir, id);
-  const char *argv[] = {c->bins.coordinator, "--id", id, "--job", c->job, "--listen", listen, "--etcd", c->etcd,
+  const char *argv[] = {c->bins.coordinator, "--id", id, "--job", c->job, "--listen", listen, "--http", "127.0.0.1:0", "--etcd", c->etcd,
                         "--min-nodes", min, "--max-nodes", max, "--slots", slots, "--last-call-ms", "300",
                         "--heartbeat-interval-ms", hb_interval, "--heartbeat-timeout-ms", hb_timeout,
                         "--leader-ttl-s", "1", "--quarantine-faults", "0", NULL};

@@ -62,6 +62,7 @@ void tg_coord_config_defaults(tg_coord_config *cfg) {
   cfg->quarantine_window_ms = 600000;
   cfg->quarantine_cooldown_ms = 300000;
   cfg->threads = 4;
+  snprintf(cfg->http_listen, sizeof cfg->http_listen, "127.0.0.1:8080");
 }
 
 /* ------------------------------------------------------------ node table */
@@ -188,6 +189,9 @@ void tg_coord_record_fault(tg_coord *c, const Tardigrade__V1__Fault *f) {
 
   /* Count toward quarantine. */
   tg_node *n = tg_coord_find_node(c, copy->node_id);
+  /* Training stops for an error about a rank or about a node holding ranks. */
+  int interrupts = copy->severity >= TARDIGRADE__V1__SEVERITY__SEVERITY_ERROR &&
+                   (copy->rank >= 0 || (n && n->position >= 0));
   if (n && copy->severity >= TARDIGRADE__V1__SEVERITY__SEVERITY_ERROR) {
     int64_t now = tg_clock_unix_ms();
     n->fault_count++;
@@ -213,7 +217,14 @@ void tg_coord_record_fault(tg_coord *c, const Tardigrade__V1__Fault *f) {
   c->faults_head++;
   if (c->n_faults < TG_FAULT_LOG) c->n_faults++;
 
-  /* Queue for etcd (a copy: the ring may drop its own first). */
+  tg_coord_save_fault(c, copy);
+  tg_dash_fault_recorded(c, copy, interrupts);
+  if (old) protobuf_c_message_free_unpacked(&old->base, NULL);
+  tg_coord_poke(c);
+}
+
+/* A copy: the ring may drop its own first. */
+void tg_coord_save_fault(tg_coord *c, const Tardigrade__V1__Fault *f) {
   if (c->n_unsaved_faults == c->cap_unsaved_faults) {
     size_t cap = c->cap_unsaved_faults ? c->cap_unsaved_faults * 2 : 16;
     Tardigrade__V1__Fault **grown = realloc(c->unsaved_faults, cap * sizeof *grown);
@@ -223,11 +234,9 @@ void tg_coord_record_fault(tg_coord *c, const Tardigrade__V1__Fault *f) {
     }
   }
   if (c->n_unsaved_faults < c->cap_unsaved_faults) {
-    Tardigrade__V1__Fault *queued = copy_fault(copy);
+    Tardigrade__V1__Fault *queued = copy_fault(f);
     if (queued) c->unsaved_faults[c->n_unsaved_faults++] = queued;
   }
-  if (old) protobuf_c_message_free_unpacked(&old->base, NULL);
-  tg_coord_poke(c);
 }
 
 /* ---------------------------------------------------------------- worlds */
@@ -414,6 +423,7 @@ static int64_t decide(tg_coord *c) {
   c->had_world = 1;
   c->restart_requested = 0;
   set_positions(c);
+  tg_dash_world_formed(c, w);
   TG_INFO("world generation %" PRIu64 ": %u ranks on %zu nodes (%s)", w->generation, w->world_size,
           w->n_nodes, w->reason);
   tg_coord_broadcast_world(c);
@@ -620,6 +630,7 @@ static int take_over(tg_coord *c) {
   pthread_mutex_lock(&c->mu);
   set_positions(c);
   c->decide_needed = 1;
+  tg_dash_taken_over(c);
   pthread_mutex_unlock(&c->mu);
   TG_INFO("leader of job %s: generation %" PRIu64 ", %zu nodes known", c->cfg.job_id, c->generation,
           c->n_nodes);
@@ -696,9 +707,12 @@ static void campaign(tg_coord *c) {
     Tardigrade__V1__LeaderRecord *r =
         holder_len ? tardigrade__v1__leader_record__unpack(NULL, holder_len, holder) : NULL;
     pthread_mutex_lock(&c->mu);
+    if (r && (strcmp(c->leader_id, r->coordinator_id) != 0 || strcmp(c->leader_hint, r->address) != 0))
+      c->dash.dirty = 1; /* a new leader: say so on the dashboard now */
     if (r) {
       snprintf(c->leader_hint, sizeof c->leader_hint, "%s", r->address);
       snprintf(c->leader_id, sizeof c->leader_id, "%s", r->coordinator_id);
+      snprintf(c->leader_http, sizeof c->leader_http, "%s", r->http_address);
     }
     pthread_mutex_unlock(&c->mu);
     if (r) tardigrade__v1__leader_record__free_unpacked(r, NULL);
@@ -714,6 +728,7 @@ static void campaign(tg_coord *c) {
   snprintf(c->leader_hint, sizeof c->leader_hint, "%s",
            c->cfg.advertise[0] ? c->cfg.advertise : c->cfg.listen);
   snprintf(c->leader_id, sizeof c->leader_id, "%s", c->cfg.coordinator_id);
+  snprintf(c->leader_http, sizeof c->leader_http, "%s", c->dash.http_address);
   pthread_mutex_unlock(&c->mu);
 }
 
@@ -722,6 +737,7 @@ static void *ticker_main(void *arg) {
   int64_t wake_at = 0, last_decide_ms = 0;
   pthread_mutex_lock(&c->mu);
   while (!c->stopping) {
+    tg_dash_tick(c);
     if (!c->leader) {
       pthread_mutex_unlock(&c->mu);
       campaign(c);
@@ -850,9 +866,12 @@ tg_coord *tg_coord_new(const tg_coord_config *cfg, char *err, size_t errlen) {
       snprintf(c->cfg.advertise, sizeof c->cfg.advertise, "%s", c->cfg.listen);
   }
 
+  if (tg_dash_start(c, err, errlen) != 0) goto fail;
+
   Tardigrade__V1__LeaderRecord lr = TARDIGRADE__V1__LEADER_RECORD__INIT;
   lr.coordinator_id = c->cfg.coordinator_id;
   lr.address = c->cfg.advertise;
+  lr.http_address = c->dash.http_address;
   lr.since_unix_ms = tg_clock_unix_ms();
   c->leader_value_len = tardigrade__v1__leader_record__get_packed_size(&lr);
   c->leader_value = malloc(c->leader_value_len + 1);
@@ -888,6 +907,8 @@ int tg_coord_start(tg_coord *c, char *err, size_t errlen) {
 
 int tg_coord_port(const tg_coord *c) { return c->port; }
 
+int tg_coord_http_port(const tg_coord *c) { return c->dash.httpd ? tg_httpd_port(c->dash.httpd) : 0; }
+
 int tg_coord_is_leader(tg_coord *c) {
   pthread_mutex_lock(&c->mu);
   int l = c->leader;
@@ -902,6 +923,7 @@ void tg_coord_free(tg_coord *c) {
   pthread_cond_broadcast(&c->wake);
   pthread_mutex_unlock(&c->mu);
   if (c->ticker_started) pthread_join(c->ticker, NULL);
+  tg_dash_stop(c); /* the ticker published to it */
   if (c->server) {
     pthread_mutex_lock(&c->mu);
     c->leader = 0;

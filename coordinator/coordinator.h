@@ -39,6 +39,7 @@ typedef struct {
   int64_t quarantine_cooldown_ms;
   char store_address[TG_ADDR_MAX]; /* handed out in worlds for the gloo store ("" = none) */
   int threads;                   /* RPC handler threads */
+  char http_listen[TG_ADDR_MAX]; /* dashboard, /metrics, JSON API: host:port; "" or "off": none */
 } tg_coord_config;
 
 /* Fills cfg with defaults (see main.c --help for what they are). */
@@ -55,6 +56,9 @@ int tg_coord_start(tg_coord *c, char *err, size_t errlen);
 
 /* The TCP port bound (useful with listen "127.0.0.1:0"); 0 for unix sockets. */
 int tg_coord_port(const tg_coord *c);
+
+/* The dashboard's TCP port (the chosen one with port 0); 0 when --http off. */
+int tg_coord_http_port(const tg_coord *c);
 
 /* 1 while this coordinator is the job's leader. */
 int tg_coord_is_leader(tg_coord *c);

@@ -16,6 +16,8 @@
 #include "common/etcd/etcd.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/election.h"
+#include "coordinator/httpd.h"
+#include "coordinator/metrics.h"
 #include "coordinator/store.h"
 #include "proto/tardigrade/v1/coordinator.pb-c.h"
 #include "proto/tardigrade/v1/store.pb-c.h"
@@ -24,6 +26,17 @@
 #define TG_ETCD_FAULT_LOG 1000    /* faults kept in etcd */
 #define TG_RECENT_FAULTS 32       /* per node, for quarantine */
 #define TG_MAX_PROGRESS 64        /* rank progress entries kept per node */
+#define TG_HEALTH_FAULTS 16       /* active health faults kept per node, from heartbeats */
+#define TG_GENERATION_LOG 256     /* worlds kept in memory for the dashboard */
+#define TG_PENDING_RECOVERIES 64  /* faults awaiting training to resume */
+#define TG_COMPONENT_MAX 64
+
+/* A GPU or NIC fault the node's agent still sees (from its heartbeats). */
+typedef struct {
+  int kind;                      /* Tardigrade__V1__FaultKind */
+  int severity;                  /* Tardigrade__V1__Severity */
+  char component[TG_COMPONENT_MAX];
+} tg_health_item;
 
 /* Operator decisions that outlive a node's connection. */
 typedef enum { TG_ADMIN_NONE = 0, TG_ADMIN_CORDONED = 1, TG_ADMIN_DRAINING = 2 } tg_admin;
@@ -51,11 +64,51 @@ typedef struct tg_node {
   uint64_t committed_generation;  /* about the world of this generation */
   Tardigrade__V1__RankProgress progress[TG_MAX_PROGRESS];
   size_t n_progress;
+  tg_health_item health_faults[TG_HEALTH_FAULTS];
+  size_t n_health_faults;
   int dirty;                     /* record must be written to etcd */
   tg_rpc_call *heartbeat_call;   /* current heartbeat stream, if any */
   uint64_t notified_generation;  /* last generation told over heartbeat */
   Tardigrade__V1__NodeState told_state;
 } tg_node;
+
+/* What the dashboard shows beyond the job's state (dashboard.c). Kept in
+ * this process only: a new leader starts its histograms, goodput and
+ * world history afresh (the fault log, with recovery times, is in etcd). */
+typedef struct {
+  uint64_t generation;
+  uint32_t world_size, n_nodes;
+  uint64_t resume_step;
+  int64_t formed_unix_ms;
+  char reason[24];
+} tg_generation_entry;
+
+typedef struct {
+  char fault_id[32];
+  uint64_t generation;           /* the world it interrupted */
+  int64_t since_unix_ms;         /* when it occurred (or was detected) */
+} tg_pending_recovery;
+
+typedef struct {
+  tg_httpd *httpd;               /* NULL: --http off */
+  char http_address[TG_ADDR_MAX]; /* host:port bound */
+  int64_t last_publish_ms;       /* monotonic */
+  int64_t last_nodes_publish_ms;
+  int dirty;                     /* publish soon: a fault, a world */
+  tg_generation_entry generations[TG_GENERATION_LOG]; /* ring, newest at gen_head - 1 */
+  size_t gen_head, n_generations;
+  tg_pending_recovery pending[TG_PENDING_RECOVERIES];
+  size_t n_pending;
+  uint64_t faults_by_kind[32][5]; /* recorded by this process: [kind][severity] */
+  uint64_t worlds_formed;
+  tg_histogram detection, recovery;
+  /* Goodput: wall time from the first committed step this leader saw,
+   * less the time from each interrupting fault to training resumed. */
+  int64_t goodput_start_unix_ms; /* 0: training not seen yet */
+  int64_t down_ms;
+  int64_t down_since_unix_ms;    /* 0: training is not interrupted */
+  uint64_t last_committed;
+} tg_dash_state;
 
 /* A WatchWorld subscriber. */
 typedef struct tg_watcher {
@@ -85,6 +138,7 @@ struct tg_coord {
   int leader;                    /* serving as leader */
   char leader_hint[TG_ADDR_MAX]; /* the leader's address, as last seen */
   char leader_id[64];
+  char leader_http[TG_ADDR_MAX];  /* the leader's dashboard, as last seen */
 
   tg_node **nodes;               /* registered nodes, in registration order */
   size_t n_nodes, cap_nodes;
@@ -106,6 +160,8 @@ struct tg_coord {
   size_t n_unsaved_faults, cap_unsaved_faults;
   uint64_t fault_seq;
   int64_t faults_in_etcd;                      /* records under faults/, as last counted */
+
+  tg_dash_state dash;
 };
 
 /* coordinator.c */
@@ -123,6 +179,8 @@ int tg_valid_node_id(const char *id);
 Tardigrade__V1__NodeState tg_coord_node_state(tg_coord *c, const tg_node *n);
 /* Records a fault: logs it, counts it toward quarantine, queues it for etcd (mu held). */
 void tg_coord_record_fault(tg_coord *c, const Tardigrade__V1__Fault *f);
+/* Queues a copy of a fault record for etcd (written, or rewritten, by the ticker; mu held). */
+void tg_coord_save_fault(tg_coord *c, const Tardigrade__V1__Fault *f);
 /* A status line for refusing requests at a standby. */
 tg_rpc_code tg_coord_refuse_standby(tg_coord *c, tg_rpc_status *st);
 
@@ -133,6 +191,19 @@ extern const size_t tg_coord_service_n_methods;
 void tg_coord_broadcast_world(tg_coord *c);
 /* Ends every agent stream (mu held): used when stepping down. */
 void tg_coord_end_streams(tg_coord *c, tg_rpc_code code, const char *why);
+
+/* dashboard.c: the HTTP documents (metrics, JSON API, page) and what
+ * only they need. Hooks run with mu held. */
+int tg_dash_start(tg_coord *c, char *err, size_t errlen);  /* binds cfg.http_listen, unless off */
+void tg_dash_stop(tg_coord *c);
+void tg_dash_taken_over(tg_coord *c);                     /* leadership began: history afresh */
+void tg_dash_world_formed(tg_coord *c, const Tardigrade__V1__World *w);
+void tg_dash_fault_recorded(tg_coord *c, const Tardigrade__V1__Fault *f, int interrupts);
+/* Every ticker round, leader or standby: resolves recoveries, publishes
+ * when due. May drop and retake mu. */
+void tg_dash_tick(tg_coord *c);
+/* Copies a heartbeat's health faults into the node (validated, bounded). */
+void tg_dash_node_health(tg_node *n, const Tardigrade__V1__HealthReport *h);
 
 /* operator.c */
 extern const tg_rpc_method tg_coord_operator_methods[];

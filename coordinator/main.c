@@ -71,6 +71,8 @@ int main(int argc, char **argv) {
       {"store-address", TG_OPT_STRING, cfg.store_address, sizeof cfg.store_address, 0, 0,
        "where trainers rendezvous (gloo store): etcd endpoints; empty: --etcd"},
       {"threads", TG_OPT_INT, &threads, 0, 1, 64, "RPC handler threads"},
+      {"http", TG_OPT_STRING, cfg.http_listen, sizeof cfg.http_listen, 0, 0,
+       "dashboard, /metrics and JSON API: host:port (port 0: any free one, logged), or off"},
       {"log-level", TG_OPT_STRING, log_level, sizeof log_level, 0, 0, "debug, info, warn or error"},
   };
   char err[512];

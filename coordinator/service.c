@@ -211,6 +211,7 @@ static void on_heartbeat(tg_rpc_call *call, const ProtobufCMessage *msg, void *u
     tg_coord_poke(c);
   }
   if (req->health) {
+    tg_dash_node_health(n, req->health);
     if (!req->health->healthy && n->healthy) {
       n->healthy = 0;
       n->unhealthy_since_ms = now;

@@ -13,6 +13,7 @@
 
 #include "common/config/config.h"
 #include "coordinator/client.h"
+#include "coordinator/names.h"
 #include "proto/tardigrade/v1/coordinator.pb-c.h"
 
 static const char usage[] =
@@ -38,22 +39,6 @@ static char reason[256];
 static int64_t timeout_ms = 5000;
 static char tls_ca[512], tls_cert[512], tls_key[512], tls_name[256];
 
-static const char *enum_name(const ProtobufCEnumDescriptor *d, int v, const char *prefix) {
-  const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(d, v);
-  if (!ev) return "?";
-  size_t n = strlen(prefix);
-  return strncmp(ev->name, prefix, n) == 0 ? ev->name + n : ev->name;
-}
-
-static const char *state_name(int s) {
-  return enum_name(&tardigrade__v1__node_state__descriptor, s, "NODE_");
-}
-static const char *kind_name(int k) {
-  return enum_name(&tardigrade__v1__fault_kind__descriptor, k, "FAULT_");
-}
-static const char *severity_name(int s) {
-  return enum_name(&tardigrade__v1__severity__descriptor, s, "SEVERITY_");
-}
 
 static void print_json(cJSON *j) {
   char *s = cJSON_Print(j);
@@ -147,7 +132,7 @@ static int cmd_nodes(tg_coord_client *cl) {
     if (json_out) {
       cJSON *j = cJSON_CreateObject();
       cJSON_AddStringToObject(j, "node_id", id);
-      cJSON_AddStringToObject(j, "state", state_name(n->state));
+      cJSON_AddStringToObject(j, "state", tg_node_state_name(n->state));
       cJSON_AddBoolToObject(j, "healthy", healthy);
       cJSON_AddStringToObject(j, "address", addr);
       cJSON_AddNumberToObject(j, "slots", n->info ? n->info->slots : 0);
@@ -157,7 +142,7 @@ static int cmd_nodes(tg_coord_client *cl) {
       cJSON_AddItemToArray(arr, j);
     } else {
       char buf[32];
-      printf("%-24s %-12s %-8s %-22s %-6u %s\n", id, state_name(n->state), healthy ? "yes" : "no",
+      printf("%-24s %-12s %-8s %-22s %-6u %s\n", id, tg_node_state_name(n->state), healthy ? "yes" : "no",
              addr, n->fault_count, ago(n->last_heartbeat_unix_ms, buf, sizeof buf));
     }
   }
@@ -186,8 +171,8 @@ static int cmd_faults(tg_coord_client *cl) {
     if (json_out) {
       cJSON *j = cJSON_CreateObject();
       cJSON_AddStringToObject(j, "fault_id", f->fault_id);
-      cJSON_AddStringToObject(j, "kind", kind_name(f->kind));
-      cJSON_AddStringToObject(j, "severity", severity_name(f->severity));
+      cJSON_AddStringToObject(j, "kind", tg_fault_kind_name(f->kind));
+      cJSON_AddStringToObject(j, "severity", tg_severity_name(f->severity));
       cJSON_AddStringToObject(j, "node_id", f->node_id);
       cJSON_AddNumberToObject(j, "rank", f->rank);
       cJSON_AddNumberToObject(j, "generation", (double)f->generation);
@@ -199,8 +184,8 @@ static int cmd_faults(tg_coord_client *cl) {
       cJSON_AddStringToObject(j, "component", f->component);
       cJSON_AddItemToArray(arr, j);
     } else {
-      printf("%-20s %-18s %-8s %-16s %-5d %-4" PRIu64 " %s\n", f->fault_id, kind_name(f->kind),
-             severity_name(f->severity), f->node_id, f->rank, f->generation, f->detail);
+      printf("%-20s %-18s %-8s %-16s %-5d %-4" PRIu64 " %s\n", f->fault_id, tg_fault_kind_name(f->kind),
+             tg_severity_name(f->severity), f->node_id, f->rank, f->generation, f->detail);
     }
   }
   if (json_out) print_json(arr);
@@ -225,10 +210,10 @@ static int cmd_node_op(tg_coord_client *cl, const char *method, const char *verb
   if (json_out) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "node_id", node);
-    cJSON_AddStringToObject(j, "state", state_name(r->state));
+    cJSON_AddStringToObject(j, "state", tg_node_state_name(r->state));
     print_json(j);
   } else {
-    printf("%s: %s (now %s)\n", node, verb, state_name(r->state));
+    printf("%s: %s (now %s)\n", node, verb, tg_node_state_name(r->state));
   }
   protobuf_c_message_free_unpacked(m, NULL);
   return 0;

@@ -429,8 +429,8 @@ static void start_coordinator(cluster *c, char *err, size_t errlen) {
   snprintf(interval, sizeof interval, "%" PRId64, heartbeat_interval_ms);
   snprintf(timeout, sizeof timeout, "%" PRId64, heartbeat_timeout_ms);
   snprintf(last_call, sizeof last_call, "%" PRId64, last_call_ms);
-  const char *argv[] = {"coordinator/tg-coordinator", "--job", c->job, "--listen", c->listen, "--etcd",
-                        tg_etcd_cluster_endpoints(etcd), "--min-nodes", min, "--max-nodes", "4", "--slots", "2",
+  const char *argv[] = {"coordinator/tg-coordinator", "--job", c->job, "--listen", c->listen, "--http", "off",
+                        "--etcd", tg_etcd_cluster_endpoints(etcd), "--min-nodes", min, "--max-nodes", "4", "--slots", "2",
                         "--last-call-ms", last_call, "--heartbeat-interval-ms", interval,
                         "--heartbeat-timeout-ms", timeout, "--quarantine-faults", "0", "--log-level", "info",
                         NULL};

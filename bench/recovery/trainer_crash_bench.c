@@ -123,8 +123,8 @@ int main(int argc, char **argv) {
   snprintf(sock, sizeof sock, "%s/agent.sock", sockdir);
   snprintf(listen, sizeof listen, "127.0.0.1:%d", tg_proc_free_port());
   snprintf(coordinator, sizeof coordinator, "%s", listen);
-  const char *co[] = {"coordinator/tg-coordinator", "--job", "bench", "--listen", listen, "--etcd",
-                      tg_etcd_cluster_endpoints(etcd), "--min-nodes", "1", "--max-nodes", "1", "--slots", "2",
+  const char *co[] = {"coordinator/tg-coordinator", "--job", "bench", "--listen", listen, "--http", "off",
+                      "--etcd", tg_etcd_cluster_endpoints(etcd), "--min-nodes", "1", "--max-nodes", "1", "--slots", "2",
                       "--heartbeat-interval-ms", "100", "--heartbeat-timeout-ms", "1000",
                       "--quarantine-faults", "0", "--log-level", "warn", NULL};
   snprintf(path, sizeof path, "%s/coordinator.log", dir);

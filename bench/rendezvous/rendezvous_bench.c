@@ -138,8 +138,8 @@ int main(int argc, char **argv) {
   /* max = nodes - 1: one node is a spare, so a lost node is replaced. */
   char maxbuf[24];
   snprintf(maxbuf, sizeof maxbuf, "%" PRId64, nodes - 1);
-  const char *argv_c[] = {coordinator_bin, "--job", "bench", "--listen", listen, "--etcd",
-                          tg_etcd_cluster_endpoints(etcd), "--min-nodes", maxbuf, "--max-nodes", maxbuf,
+  const char *argv_c[] = {coordinator_bin, "--job", "bench", "--listen", listen, "--http", "off",
+                          "--etcd", tg_etcd_cluster_endpoints(etcd), "--min-nodes", maxbuf, "--max-nodes", maxbuf,
                           "--slots", sbuf, "--last-call-ms", "0", "--heartbeat-interval-ms", hb,
                           "--heartbeat-timeout-ms", to, "--quarantine-faults", "0", "--log-level", "warn",
                           NULL};

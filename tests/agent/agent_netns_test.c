@@ -90,7 +90,7 @@ static void test_partition_between_agents_is_reported(void **state) {
                         "--advertise-client-urls", client, "--listen-peer-urls", peer,
                         "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster, NULL};
   start_on(0, "etcd", etcd);
-  const char *co[] = {"coordinator/tg-coordinator", "--job", "netns", "--listen", coord_listen, "--etcd",
+  const char *co[] = {"coordinator/tg-coordinator", "--job", "netns", "--listen", coord_listen, "--http", "off", "--etcd",
                       etcd_ep, "--min-nodes", "2", "--max-nodes", "2", "--slots", "1",
                       "--heartbeat-interval-ms", "100", "--heartbeat-timeout-ms", "3000",
                       "--last-call-ms", "100", NULL};

@@ -67,7 +67,7 @@ static void start_coordinator(cluster *c, int i, int min, int max) {
   snprintf(smax, sizeof smax, "%d", max);
   snprintf(slots, sizeof slots, "%d", c->slots);
   const char *argv[] = {"coordinator/tg-coordinator", "--job", c->job, "--id", id, "--listen", listen,
-                        "--etcd", tg_etcd_cluster_endpoints(etcd), "--min-nodes", smin, "--max-nodes",
+                        "--http", "off", "--etcd", tg_etcd_cluster_endpoints(etcd), "--min-nodes", smin, "--max-nodes",
                         smax, "--slots", slots, "--heartbeat-interval-ms", "100",
                         "--heartbeat-timeout-ms", "1000", "--leader-ttl-s", "1", "--last-call-ms", "200",
                         "--quarantine-faults", "0", NULL};

@@ -60,7 +60,7 @@ static void start_coordinator(cluster *c, int i, const char *const *extra) {
   snprintf(id, sizeof id, "c%d", i);
   snprintf(log, sizeof log, "%s/%s-%s.log", tmpdir, c->job, id);
   const char *argv[48] = {"coordinator/tg-coordinator", "--job", c->job, "--id", id, "--listen",
-                          listen, "--etcd", tg_etcd_cluster_endpoints(etcd),
+                          listen, "--http", "off", "--etcd", tg_etcd_cluster_endpoints(etcd),
                           "--heartbeat-interval-ms", "100", "--heartbeat-timeout-ms", "600",
                           "--leader-ttl-s", "1", "--last-call-ms", "300", "--log-level", "debug"};
   int n = 0;

@@ -18,6 +18,9 @@ struct tg_sim_agent {
   int healthy;
   uint64_t committed_step;
   Tardigrade__V1__HealthReport health; /* the session's thread reads it while sending */
+  Tardigrade__V1__RankProgress progress, *progress_ptr; /* one rank's, once set */
+  Tardigrade__V1__Fault active, *active_ptr;            /* one health fault, once set */
+  char component[64];
 };
 
 int64_t tg_sim_mono_ms(void) { return tg_clock_mono_ms(); }
@@ -28,6 +31,14 @@ static void fill_heartbeat(Tardigrade__V1__HeartbeatRequest *hb, void *user) {
   tardigrade__v1__health_report__init(&a->health);
   a->health.healthy = a->healthy;
   hb->committed_step = a->committed_step;
+  if (a->active_ptr) {
+    a->health.n_active = 1;
+    a->health.active = &a->active_ptr;
+  }
+  if (a->progress_ptr) {
+    hb->n_progress = 1;
+    hb->progress = &a->progress_ptr;
+  }
   pthread_mutex_unlock(&a->mu);
   hb->health = &a->health;
 }
@@ -86,9 +97,45 @@ void tg_sim_agent_set_committed_step(tg_sim_agent *a, uint64_t step) {
   pthread_mutex_unlock(&a->mu);
 }
 
+void tg_sim_agent_set_progress(tg_sim_agent *a, int rank, uint64_t step, double loss) {
+  pthread_mutex_lock(&a->mu);
+  tardigrade__v1__rank_progress__init(&a->progress);
+  a->progress.rank = rank;
+  a->progress.step = step;
+  a->progress.loss = loss;
+  a->progress.step_time_ms = 10;
+  a->progress_ptr = &a->progress;
+  pthread_mutex_unlock(&a->mu);
+}
+
+void tg_sim_agent_set_health_fault(tg_sim_agent *a, int kind, int severity, const char *component) {
+  pthread_mutex_lock(&a->mu);
+  a->active_ptr = NULL;
+  if (kind) {
+    tardigrade__v1__fault__init(&a->active);
+    a->active.kind = kind;
+    a->active.severity = severity;
+    snprintf(a->component, sizeof a->component, "%s", component);
+    a->active.component = a->component;
+    a->active.rank = -1;
+    a->active_ptr = &a->active;
+  }
+  pthread_mutex_unlock(&a->mu);
+}
+
 tg_rpc_code tg_sim_agent_report_fault(tg_sim_agent *a, int kind, int severity, int rank,
                                       uint64_t generation, const char *detail, tg_rpc_status *st) {
+  return tg_sim_agent_report_fault_since(a, kind, severity, rank, generation, detail, -1, st);
+}
+
+tg_rpc_code tg_sim_agent_report_fault_since(tg_sim_agent *a, int kind, int severity, int rank,
+                                            uint64_t generation, const char *detail, int64_t since_ms,
+                                            tg_rpc_status *st) {
   Tardigrade__V1__Fault f = TARDIGRADE__V1__FAULT__INIT;
+  if (since_ms >= 0) {
+    f.detected_unix_ms = tg_clock_unix_ms();
+    f.occurred_unix_ms = f.detected_unix_ms - since_ms;
+  }
   f.kind = kind;
   f.severity = severity;
   f.rank = rank;

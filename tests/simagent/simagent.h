@@ -46,6 +46,16 @@ void tg_sim_agent_set_committed_step(tg_sim_agent *a, uint64_t step);
  * (0: the newest this agent has seen). Returns the RPC code. */
 tg_rpc_code tg_sim_agent_report_fault(tg_sim_agent *a, int kind, int severity, int rank,
                                       uint64_t generation, const char *detail, tg_rpc_status *st);
+/* The same, detected now and occurred since_ms earlier (as a real agent
+ * stamps it; since_ms < 0: no times, as above). */
+tg_rpc_code tg_sim_agent_report_fault_since(tg_sim_agent *a, int kind, int severity, int rank,
+                                            uint64_t generation, const char *detail, int64_t since_ms,
+                                            tg_rpc_status *st);
+/* Reports one rank's progress (step, loss) in its heartbeats. */
+void tg_sim_agent_set_progress(tg_sim_agent *a, int rank, uint64_t step, double loss);
+/* Reports one active health fault (a GPU or NIC kind, severity, component
+ * such as "gpu0" or "eth0") in its heartbeats; kind 0 clears it. */
+void tg_sim_agent_set_health_fault(tg_sim_agent *a, int kind, int severity, const char *component);
 
 /* Leaves the job gracefully, then stops. */
 tg_rpc_code tg_sim_agent_leave(tg_sim_agent *a, tg_rpc_status *st);

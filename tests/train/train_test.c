@@ -105,8 +105,8 @@ static void start_coordinator(cluster *c) {
   snprintf(c->listen, sizeof c->listen, "127.0.0.1:%d", tg_proc_free_port());
   snprintf(min, sizeof min, "%d", c->min_nodes);
   snprintf(max, sizeof max, "%d", c->max_nodes);
-  const char *argv[] = {"coordinator/tg-coordinator", "--job", c->job, "--listen", c->listen, "--etcd",
-                        tg_etcd_cluster_endpoints(etcd), "--min-nodes", min, "--max-nodes", max, "--slots", "2",
+  const char *argv[] = {"coordinator/tg-coordinator", "--job", c->job, "--listen", c->listen, "--http", "off",
+                        "--etcd", tg_etcd_cluster_endpoints(etcd), "--min-nodes", min, "--max-nodes", max, "--slots", "2",
                         "--last-call-ms", "300", "--heartbeat-interval-ms", "100", "--heartbeat-timeout-ms",
                         "1000", "--quarantine-faults", "0", NULL};
   snprintf(log, sizeof log, "%s/%s-coordinator.log", dir, c->job);
