@@ -24,10 +24,13 @@
 #include "tests/harness/proc.h"
 
 #define RUN_TIMEOUT_MS 300000
+#define SHIPPED_TIMEOUT_MS 840000 /* a shipped scenario; Bazel's large timeout is 900 s */
 #define OUTPUT_BYTES (256 << 10)
 
 static char tmp[512];
 static char output[OUTPUT_BYTES];
+
+static int64_t run_timeout_ms = RUN_TIMEOUT_MS;
 
 /* Runs tg-chaos with args; returns its exit status (-1 if it did not end). */
 static int tg_chaos(const char *const *args) {
@@ -36,7 +39,7 @@ static int tg_chaos(const char *const *args) {
   for (int i = 0; args[i] && n < 15; i++) argv[n++] = args[i];
   argv[n] = NULL;
   int status;
-  if (tg_proc_run(argv, NULL, RUN_TIMEOUT_MS, output, sizeof output, &status) != 0) return -1;
+  if (tg_proc_run(argv, NULL, run_timeout_ms, output, sizeof output, &status) != 0) return -1;
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
@@ -223,6 +226,7 @@ int main(int argc, char **argv) {
     return 0;
 #endif
     shipped_path = argv[2];
+    run_timeout_ms = SHIPPED_TIMEOUT_MS;
     shipped_exit = atoi(argv[4]);
     const struct CMUnitTest one[] = {cmocka_unit_test(test_shipped_scenario)};
     return run_and_clean(cmocka_run_group_tests(one, NULL, NULL));
