@@ -386,9 +386,13 @@ static void test_unreachable_endpoint_fails_in_time(void **state) {
   tg_etcd_range_result r;
   assert_int_equal(tg_etcd_get(f->c, "/x", NULL, &r, &st), TG_RPC_UNAVAILABLE);
   assert_non_null(strstr(st.message, "no endpoint answered"));
+  /* The channel may still be between connection attempts (gRPC backs off
+   * after a refusal) when the watch's deadline passes: either answer is a
+   * clear failure in time (DEADLINE_EXCEEDED seen once on a loaded machine). */
   tg_etcd_watch_opts wo = {0};
   assert_null(tg_etcd_watch_open(f->c, "/x", &wo, &st));
-  assert_int_equal(st.code, TG_RPC_UNAVAILABLE);
+  if (st.code != TG_RPC_UNAVAILABLE && st.code != TG_RPC_DEADLINE_EXCEEDED)
+    fail_msg("watch on an unreachable endpoint: code %d (%s)", (int)st.code, st.message);
 }
 
 int main(void) {
