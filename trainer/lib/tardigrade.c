@@ -25,6 +25,14 @@
 
 #define CALL_MS 5000
 #define COLLECTIVE_MS 30000 /* a collective that takes longer means a peer is gone */
+/* Building a world's communicator waits for every rank. A survivor may
+ * still be inside the old world's collective until COLLECTIVE_MS (when the
+ * abort on a newer generation does not interrupt it: seen under ASan, a
+ * gloo send waiting its full 30 s), so the others wait longer than that;
+ * giving up first left them retrying a generation whose store keys were
+ * spent, and the job stuck. A rank that never comes is not waited for:
+ * the newer world that replaces it cancels the wait. */
+#define CONNECT_MS (COLLECTIVE_MS + 15000)
 #define REPLICATION_WAIT_MS 10000 /* then go on unreplicated: the buddy is likely gone */
 
 tg_result tg_lib_fail(tg_trainer *t, const char *fmt, ...) {
@@ -174,7 +182,7 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
                        .store_address = r->world->store_address,
                        .store_prefix = r->world->store_prefix,
                        .host = "127.0.0.1",
-                       .connect_timeout_ms = 20000};
+                       .connect_timeout_ms = CONNECT_MS};
   cc.cancelled = joining_cancelled;
   cc.cancel_user = t;
   tg_comm_status cs = {0};
