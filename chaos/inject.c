@@ -223,7 +223,8 @@ static int lose_all_copies(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_
 /* A fault in the node's fake devices (the agents run with --fake-devices):
  * its agent's health checks see it within their period, report it, and
  * mark the node unhealthy, so the world re-forms without it. The node
- * stays broken: later faults do not pick it. */
+ * stays broken; once out of the world, later faults do not pick it
+ * (targets are drawn from the world's nodes). */
 static int device_fault(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
   int idx = resolve_node(ctx, f, st);
   if (idx < 0) return -1;
@@ -247,7 +248,6 @@ static int device_fault(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_sta
     snprintf(f->note, sizeof f->note, "eth0 down");
   else
     snprintf(f->note, sizeof f->note, "gpu%u", gpu);
-  ctx->drained[idx] = 1;
   return 0;
 }
 
