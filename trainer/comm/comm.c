@@ -86,7 +86,11 @@ tg_comm *tg_comm_create(const tg_comm_config *cfg, tg_comm_status *st) {
   c->generation = cfg->generation;
   int64_t timeout_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
   tg_comm_status bst = {0};
-  if (c->ops->open(cfg, timeout_ms, &c->impl, &bst) != TG_COMM_OK) {
+  tg_comm_parent parent = {0};
+  if (cfg->parent && cfg->parent->ops == c->ops)
+    parent = (tg_comm_parent){cfg->parent->impl, cfg->parent->generation, cfg->parent->rank,
+                              cfg->parent->world_size};
+  if (c->ops->open(cfg, parent.impl ? &parent : NULL, timeout_ms, &c->impl, &bst) != TG_COMM_OK) {
     tg_comm_status_set(st, bst.code, "%s create (rank %d of %d, generation %" PRId64 "): %s",
                        c->ops->name, cfg->rank, cfg->world_size, cfg->generation, bst.message);
     goto err;

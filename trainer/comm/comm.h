@@ -92,6 +92,14 @@ typedef struct {
    * exists": a member of this one may never arrive. */
   int (*cancelled)(void *user);
   void *cancel_user;
+
+  /* Optional: the communicator of the world this rank was in before (any
+   * state: failed or aborted is fine). A backend that can derive the new
+   * world's communicator from it does: NCCL shrinks it (ncclCommShrink)
+   * when every rank of the new world holds the old one in the same order
+   * and the world only lost ranks (trainer/comm/reform.h); otherwise, and
+   * for gloo, it is not used. The caller still frees it, after create. */
+  tg_comm *parent;
 } tg_comm_config;
 
 /* Joins the world described by cfg; every rank of it must call this. NULL

@@ -22,12 +22,23 @@ extern "C" {
 /* One backend's state for one world. */
 typedef struct tg_comm_impl tg_comm_impl;
 
+/* tg_comm_config.parent as a backend sees it: the same backend's state of
+ * the rank's previous world, with that world's shape. */
+typedef struct {
+  tg_comm_impl *impl;
+  int64_t generation;
+  int rank;
+  int world_size;
+} tg_comm_parent;
+
 typedef struct {
   const char *name;
   /* Creates the backend's state for cfg (already validated), spending at
-   * most connect_timeout_ms waiting for peers. */
-  tg_comm_code (*open)(const tg_comm_config *cfg, int64_t connect_timeout_ms, tg_comm_impl **out,
-                       tg_comm_status *st);
+   * most connect_timeout_ms waiting for peers. parent: the previous
+   * world's state on this rank (NULL: none), which it may derive the new
+   * one from; the caller frees it afterwards either way. */
+  tg_comm_code (*open)(const tg_comm_config *cfg, const tg_comm_parent *parent, int64_t connect_timeout_ms,
+                       tg_comm_impl **out, tg_comm_status *st);
   tg_comm_code (*all_reduce)(tg_comm_impl *b, void *buf, size_t count, tg_comm_dtype dtype,
                              int64_t timeout_ms, tg_comm_status *st);
   tg_comm_code (*reduce_scatter)(tg_comm_impl *b, const void *send, void *recv, size_t recv_count,

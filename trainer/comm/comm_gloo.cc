@@ -240,8 +240,9 @@ void AllReduce(tg_comm_impl* g, void* buf, size_t count, tg_comm_dtype dtype, in
     AllReduceTyped(g, static_cast<float*>(buf), count, SumFloat, timeout_ms);
 }
 
-tg_comm_code GlooOpen(const tg_comm_config* cfg, int64_t connect_timeout_ms, tg_comm_impl** out,
-                      tg_comm_status* st) {
+// A gloo context cannot be derived from another: the parent is not used.
+tg_comm_code GlooOpen(const tg_comm_config* cfg, const tg_comm_parent* /*parent*/, int64_t connect_timeout_ms,
+                      tg_comm_impl** out, tg_comm_status* st) {
   std::unique_ptr<tg_comm_impl> g(new tg_comm_impl());
   g->rank = cfg->rank;
   g->world_size = cfg->world_size;

@@ -10,10 +10,20 @@
  *     completion is polled with cudaStreamQuery while ncclCommGetAsyncError
  *     is checked for a failure (a peer gone, a network error).
  * Every poll also checks the abort flag. On a deadline, an abort or an
- * error, the polling thread itself calls ncclCommAbort, which makes NCCL
- * drop its kernels and proxy threads; the communicator is then dead, as
- * with gloo, and the trainer builds the next generation's from a fresh
- * unique id (DESIGN.md: abort, then ncclCommShrink or a new communicator).
+ * error, the polling thread itself stops the communicator: ncclCommRevoke
+ * where the library has it (it stops every operation in flight and leaves
+ * the communicator able to be shrunk), else ncclCommAbort (NCCL drops its
+ * kernels and proxy threads). Either way it is dead for collectives, as
+ * with gloo.
+ *
+ * The next world's communicator (DESIGN.md: "abort, then ncclCommShrink or
+ * a new communicator"): when every rank of it still holds the previous
+ * one, in the same order, and the world only lost ranks, it is shrunk from
+ * it (ncclCommShrink excluding the lost ranks: no bootstrap, no unique id);
+ * otherwise it is built fresh from a unique id. The ranks agree which
+ * through the generation's store (reform.h). A shrink that fails, or gives
+ * a communicator of the wrong shape, turns shrinking off in this process,
+ * so the generation after it is built fresh.
  * tg_comm_abort from another thread only raises the flag: NCCL calls on a
  * communicator stay on the thread that owns it, so abort never races a
  * call in flight. Without a collective in flight the abort happens at the
@@ -22,17 +32,26 @@
  * The 128-byte unique id comes from the caller, or (nccl_id NULL) from
  * the generation's store: ncclGetUniqueId opens the bootstrap root's
  * listening socket in the process that calls it, so rank 0 makes the id
- * and publishes it under the store prefix the coordinator allocated for
- * this generation (store_bytes.h); the other ranks read it there. A new
- * generation has a new prefix, hence a new id: no rank of an old world can
- * join a new communicator.
+ * and publishes it in the plan under the store prefix the coordinator
+ * allocated for this generation (reform.h); the other ranks read it there.
+ * A new generation has a new prefix, hence a new id: no rank of an old
+ * world can join a new communicator.
+ * ncclCommRevoke (NCCL 2.28) and ncclCommShrink (2.27) are looked up when
+ * first needed instead of linked: a binary built against these headers
+ * still loads with an older libnccl at run time (the GPU machine's was
+ * 2.28.3, these headers 2.28.9) and then aborts and builds fresh.
  * Buffers are device memory of cfg->cuda_device; the *_host collectives
  * stage host buffers through a temporary device buffer.
  *
- * Unverified: this builds wherever CUDA and NCCL are installed, but it has
- * only run where a GPU was present (comm_nccl_test skips without one). */
+ * Verified on one GPU (world size 1: abort, a fresh communicator, the id
+ * through the store); revoke-then-shrink needs two GPUs or more and has
+ * not run anywhere yet (reform_test covers the agreement on CPU). This
+ * builds wherever CUDA and NCCL are installed; comm_nccl_test skips
+ * without a GPU. */
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <nccl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,10 +60,35 @@
 #include <time.h>
 
 #include "trainer/comm/comm_backend.h"
-#include "trainer/comm/store_bytes.h"
+#include "trainer/comm/reform.h"
 
 #define POLL_INTERVAL_NS 50000          /* 50 us between polls */
 #define FINALIZE_TIMEOUT_MS 10000       /* orderly teardown before giving up and aborting */
+#define QUIESCE_TIMEOUT_MS 5000         /* a revoked communicator settling before it is shrunk */
+#ifndef NCCL_SHRINK_DEFAULT
+#define NCCL_SHRINK_DEFAULT 0x00
+#define NCCL_SHRINK_ABORT 0x01
+#endif
+
+typedef ncclResult_t (*revoke_fn)(ncclComm_t comm, int flags);
+typedef ncclResult_t (*shrink_fn)(ncclComm_t comm, int *exclude, int n_exclude, ncclComm_t *newcomm,
+                                  ncclConfig_t *config, int flags);
+static revoke_fn nccl_revoke;      /* NULL: this libnccl has none */
+static shrink_fn nccl_shrink;
+static pthread_once_t lookup_once = PTHREAD_ONCE_INIT;
+static atomic_int shrink_disabled; /* a shrink failed in this process: build fresh from now on */
+
+static void lookup_optional(void) {
+  void *revoke = dlsym(RTLD_DEFAULT, "ncclCommRevoke"), *shrink = dlsym(RTLD_DEFAULT, "ncclCommShrink");
+  memcpy(&nccl_revoke, &revoke, sizeof revoke);
+  memcpy(&nccl_shrink, &shrink, sizeof shrink);
+}
+
+/* 1 when this process can revoke and shrink communicators. */
+static int can_shrink(void) {
+  pthread_once(&lookup_once, lookup_optional);
+  return nccl_revoke && nccl_shrink && !atomic_load(&shrink_disabled);
+}
 
 struct tg_comm_impl {
   ncclComm_t comm;
@@ -54,6 +98,7 @@ struct tg_comm_impl {
   int world_size;
   atomic_int abort_requested; /* set by tg_comm_abort from any thread */
   int nccl_aborted;           /* ncclCommAbort ran (owner thread only) */
+  int revoked;                /* ncclCommRevoke ran: no collectives, but it can be shrunk */
   int failed;                 /* a call failed: free aborts instead of finalizing */
   int32_t *barrier_word;      /* device memory for barrier's all-reduce */
 };
@@ -78,13 +123,28 @@ static void nccl_abort_once(tg_comm_impl *n) {
   n->failed = 1;
 }
 
-/* Records a failure: aborts NCCL and formats the reason. */
+/* Stops every operation of the communicator (owner thread): revoked
+ * where it may be shrunk into the next world's, aborted otherwise. */
+static void nccl_stop(tg_comm_impl *n) {
+  n->failed = 1;
+  if (!n->comm || n->nccl_aborted || n->revoked) return;
+  if (can_shrink()) {
+    ncclResult_t r = nccl_revoke(n->comm, 0);
+    if (r == ncclSuccess || r == ncclInProgress) {
+      n->revoked = 1;
+      return;
+    }
+  }
+  nccl_abort_once(n);
+}
+
+/* Records a failure: stops the communicator and formats the reason. */
 static tg_comm_code fail(tg_comm_impl *n, tg_comm_code code, const char *what, const char *detail,
                          tg_comm_status *st) {
   const char *last = n->comm ? ncclGetLastError(n->comm) : NULL;
   tg_comm_status_set(st, code, "%s: %s%s%s", what, detail, last && *last ? "; nccl: " : "",
                      last && *last ? last : "");
-  nccl_abort_once(n);
+  nccl_stop(n);
   return code;
 }
 
@@ -141,36 +201,86 @@ static ncclDataType_t nccl_type(tg_comm_dtype dtype) {
 
 static void nccl_free(tg_comm_impl *n);
 
-/* The world's unique id: given, or made by rank 0 and shared through the
- * generation's store. */
-static tg_comm_code unique_id(const tg_comm_config *cfg, int64_t deadline_ms, ncclUniqueId *id,
-                              tg_comm_status *st) {
-  _Static_assert(sizeof id->internal == TG_COMM_NCCL_ID_BYTES, "ncclUniqueId is 128 bytes");
-  if (cfg->nccl_id) {
-    memcpy(id->internal, cfg->nccl_id, sizeof id->internal);
-    return TG_COMM_OK;
+/* Whether this rank can offer its previous communicator to be shrunk:
+ * the library can, the old one is on this GPU, not aborted, and settled
+ * once revoked (it is revoked here if it was still healthy: a world can
+ * change without any collective failing on this rank). Aborts an old
+ * communicator it cannot offer. */
+static int offer_parent(const tg_comm_parent *parent, int device) {
+  if (!parent || !can_shrink()) return 0;
+  tg_comm_impl *old = parent->impl;
+  if (!old->comm || old->nccl_aborted || old->device != device) return 0;
+  cudaSetDevice(old->device);
+  nccl_stop(old);
+  int64_t deadline_ms = now_ms() + QUIESCE_TIMEOUT_MS;
+  while (old->revoked) {
+    ncclResult_t async = ncclSuccess;
+    if (ncclCommGetAsyncError(old->comm, &async) != ncclSuccess) break;
+    if (async != ncclInProgress) return 1; /* settled; an earlier error is what the shrink leaves behind */
+    if (now_ms() >= deadline_ms) break;
+    pause_briefly();
   }
-  char key[512];
-  if ((size_t)snprintf(key, sizeof key, "%snccl-id", cfg->store_prefix) >= sizeof key)
-    return tg_comm_status_set(st, TG_COMM_ERROR, "store prefix too long");
-  tg_comm_status sst = {0};
-  tg_comm_code code;
-  if (cfg->rank == 0) {
-    ncclResult_t r = ncclGetUniqueId(id);
-    if (r != ncclSuccess)
-      return tg_comm_status_set(st, TG_COMM_ERROR, "ncclGetUniqueId: %s", ncclGetErrorString(r));
-    code = tg_comm_store_publish(cfg->store_address, key, id->internal, sizeof id->internal, deadline_ms, &sst);
-  } else {
-    code = tg_comm_store_await(cfg->store_address, key, id->internal, sizeof id->internal, deadline_ms,
-                               cfg->cancelled, cfg->cancel_user, &sst);
-  }
-  if (code != TG_COMM_OK) return tg_comm_status_set(st, code, "unique id: %s", sst.message);
-  return TG_COMM_OK;
+  nccl_abort_once(old);
+  return 0;
 }
 
-static tg_comm_code nccl_open(const tg_comm_config *cfg, int64_t connect_timeout_ms,
-                              tg_comm_impl **out, tg_comm_status *st) {
+static int make_unique_id(uint8_t id[TG_COMM_NCCL_ID_BYTES], void *user, char *err, size_t errlen) {
+  ncclUniqueId u;
+  _Static_assert(sizeof u.internal == TG_COMM_NCCL_ID_BYTES, "ncclUniqueId is 128 bytes");
+  ncclResult_t r = ncclGetUniqueId(&u);
+  if (r != ncclSuccess) {
+    snprintf(err, errlen, "ncclGetUniqueId: %s", ncclGetErrorString(r));
+    return -1;
+  }
+  memcpy(id, u.internal, sizeof u.internal);
+  return 0;
+}
+
+/* The new world's communicator from the old one, as the plan says. */
+static tg_comm_code shrink_from(tg_comm_impl *n, const tg_comm_parent *parent, tg_comm_plan *plan,
+                                int64_t deadline_ms, tg_comm_status *st) {
+  if (parent->generation != plan->parent_generation || parent->world_size != plan->parent_size)
+    return tg_comm_status_set(st, TG_COMM_ERROR, "shrink plan for generation %lld, this rank holds %lld",
+                              (long long)plan->parent_generation, (long long)parent->generation);
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  ncclResult_t r = nccl_shrink(parent->impl->comm, plan->excluded, plan->n_excluded, &n->comm, &config,
+                               NCCL_SHRINK_DEFAULT);
+  if (r != ncclSuccess && r != ncclInProgress) {
+    atomic_store(&shrink_disabled, 1);
+    if (n->comm) nccl_abort_once(n);
+    return tg_comm_status_set(st, TG_COMM_ERROR, "ncclCommShrink: %s (the next world is built fresh)",
+                              ncclGetErrorString(r));
+  }
+  tg_comm_code code = wait_ready(n, "ncclCommShrink", deadline_ms, st);
+  int rank = -1, count = -1;
+  if (code == TG_COMM_OK && (ncclCommUserRank(n->comm, &rank) != ncclSuccess ||
+                             ncclCommCount(n->comm, &count) != ncclSuccess || rank != n->rank ||
+                             count != n->world_size))
+    code = fail(n, TG_COMM_ERROR, "ncclCommShrink", "the shrunk communicator has another shape than the world",
+                st);
+  if (code != TG_COMM_OK) atomic_store(&shrink_disabled, 1);
+  return code;
+}
+
+static tg_comm_code init_fresh(tg_comm_impl *n, const tg_comm_config *cfg, const uint8_t *id_bytes,
+                               int64_t deadline_ms, tg_comm_status *st) {
+  ncclUniqueId id;
+  memcpy(id.internal, id_bytes, sizeof id.internal);
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  ncclResult_t r = ncclCommInitRankConfig(&n->comm, cfg->world_size, id, cfg->rank, &config);
+  if (r != ncclSuccess && r != ncclInProgress) {
+    if (n->comm) nccl_abort_once(n);
+    return tg_comm_status_set(st, TG_COMM_ERROR, "ncclCommInitRankConfig: %s", ncclGetErrorString(r));
+  }
+  return wait_ready(n, "ncclCommInitRankConfig", deadline_ms, st);
+}
+
+static tg_comm_code nccl_open(const tg_comm_config *cfg, const tg_comm_parent *parent,
+                              int64_t connect_timeout_ms, tg_comm_impl **out, tg_comm_status *st) {
   tg_comm_code code = TG_COMM_ERROR;
+  int64_t deadline_ms = now_ms() + connect_timeout_ms;
   tg_comm_impl *n = calloc(1, sizeof *n);
   if (!n) return tg_comm_status_set(st, TG_COMM_ERROR, "out of memory");
   n->device = cfg->cuda_device;
@@ -184,20 +294,26 @@ static tg_comm_code nccl_open(const tg_comm_config *cfg, int64_t connect_timeout
                               cudaGetErrorString(e));
     goto err;
   }
-  ncclUniqueId id;
-  code = unique_id(cfg, now_ms() + connect_timeout_ms, &id, st);
-  if (code != TG_COMM_OK) goto err;
-  code = TG_COMM_ERROR;
-  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 0;
-  ncclResult_t r = ncclCommInitRankConfig(&n->comm, cfg->world_size, id, cfg->rank, &config);
-  if (r != ncclSuccess && r != ncclInProgress) {
-    code = tg_comm_status_set(st, TG_COMM_ERROR, "ncclCommInitRankConfig: %s",
-                              ncclGetErrorString(r));
-    if (n->comm) nccl_abort_once(n);
-    goto err;
+  if (cfg->nccl_id) {
+    code = init_fresh(n, cfg, cfg->nccl_id, deadline_ms, st);
+  } else {
+    tg_comm_vote mine = {0};
+    if (offer_parent(parent, n->device))
+      mine = (tg_comm_vote){parent->generation, parent->rank, parent->world_size};
+    tg_comm_plan *plan = malloc(sizeof *plan);
+    tg_comm_status pst = {0};
+    code = plan ? tg_comm_reform_agree(cfg, &mine, make_unique_id, NULL, deadline_ms, plan, &pst)
+                : tg_comm_status_set(&pst, TG_COMM_ERROR, "out of memory");
+    if (code != TG_COMM_OK)
+      tg_comm_status_set(st, code, "shrink or fresh: %s", pst.message);
+    else if (plan->shrink && mine.parent_generation > 0)
+      code = shrink_from(n, parent, plan, deadline_ms, st);
+    else if (plan->shrink)
+      code = tg_comm_status_set(st, TG_COMM_ERROR, "a shrink plan, but this rank offered nothing to shrink");
+    else
+      code = init_fresh(n, cfg, plan->nccl_id, deadline_ms, st);
+    free(plan);
   }
-  code = wait_ready(n, "ncclCommInitRankConfig", now_ms() + connect_timeout_ms, st);
   if (code != TG_COMM_OK) goto err;
   *out = n;
   return TG_COMM_OK;

@@ -2,7 +2,8 @@
  * on one device): create from a unique id, every collective, abort, and a
  * new communicator after the abort; the unique id shared through the
  * generation's store (a real etcd); host-buffer collectives staged through
- * the device. Without a GPU (CI, this build machine) it skips, as
+ * the device; a previous world's communicator offered as the parent of the
+ * next. Without a GPU (CI, this build machine) it skips, as
  * common/cuda/gpu_probe.c does. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -69,7 +70,8 @@ static void test_world_of_one(void **state) {
   cudaFree(dev);
 }
 
-/* nccl_id NULL: rank 0 makes the id and publishes it under the prefix. */
+/* nccl_id NULL: rank 0 makes the id and publishes it under the prefix;
+ * then the next generation with this one as its parent. */
 static void test_unique_id_through_the_store(void **state) {
   if (!have_gpu()) {
     printf("no GPU: skipped\n");
@@ -101,7 +103,27 @@ static void test_unique_id_through_the_store(void **state) {
   assert_int_equal(v[0], 5);
   assert_int_equal(tg_comm_all_gather_host(c, v, gathered, sizeof v, 10000, &st), TG_COMM_OK);
   assert_memory_equal(v, gathered, sizeof v);
+
+  /* The next generation with this one offered as its parent: the old one
+   * is revoked (where the library can) or aborted once its collective was
+   * aborted; a world of one is built fresh beside it (nothing to shrink;
+   * the shrink itself needs two GPUs); freeing the parent after is clean. */
+  tg_comm_abort(c);
+  assert_int_equal(tg_comm_barrier(c, 10000, &st), TG_COMM_ABORTED);
+  tg_comm_config next = cfg;
+  next.generation = 8;
+  next.store_prefix = "/tardigrade/jobs/nccl-test/gen/8/";
+  next.parent = c;
+  tg_comm *c8 = tg_comm_create(&next, &st);
   tg_comm_free(c);
+  if (!c8) {
+    tg_etcd_cluster_free(cluster);
+    fail_msg("create generation 8 with a parent: %s", st.message);
+  }
+  assert_int_equal(tg_comm_all_reduce_host(c8, v, 3, TG_COMM_INT64, 10000, &st), TG_COMM_OK);
+  assert_int_equal(v[2], 7);
+  tg_comm_free(c8);
+
   /* The same generation cannot publish a second id. */
   c = tg_comm_create(&cfg, &st);
   assert_null(c);

@@ -3,7 +3,8 @@
  * all read the same bytes, whichever arrives first; a second publish for
  * one key is refused and does not change the value; a missing value times
  * out at the deadline; a value of the wrong size is refused; a cancel
- * callback stops a wait; bad arguments fail cleanly. */
+ * callback stops a wait; bad arguments fail cleanly. A list gathered in
+ * one go waits for every entry and refuses entries it did not expect. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -157,6 +158,85 @@ static void test_wrong_sizes_and_bad_arguments(void **state) {
   assert_true(now_ms() - t0 < 6000);
 }
 
+typedef struct {
+  char prefix[256];
+  int index;
+} entry_writer;
+
+static void *write_entry_main(void *arg) {
+  entry_writer *w = arg;
+  char key[300];
+  uint8_t value[8];
+  memset(value, w->index, sizeof value);
+  usleep((useconds_t)(w->index * 20 * 1000)); /* arriving one after another */
+  tg_comm_status st = {0};
+  if (tg_comm_store_indexed_key(key, sizeof key, w->prefix, w->index) == 0)
+    tg_comm_store_publish(tg_etcd_cluster_endpoints(cluster), key, value, sizeof value, now_ms() + 5000, &st);
+  return NULL;
+}
+
+/* A list published entry by entry, gathered in one go once all are there;
+ * entries outside [first, first + n) do not count. */
+static void test_gather_waits_for_every_entry(void **state) {
+  (void)state;
+  const char *ep = tg_etcd_cluster_endpoints(cluster);
+  char prefix[256], key[300];
+  unique_key(prefix, sizeof prefix, "votes/");
+  uint8_t outsider[8] = {0};
+  tg_comm_status st = {0};
+  assert_int_equal(tg_comm_store_indexed_key(key, sizeof key, prefix, 0), 0);
+  assert_int_equal(tg_comm_store_publish(ep, key, outsider, sizeof outsider, now_ms() + 5000, &st), TG_COMM_OK);
+  entry_writer writers[RANKS];
+  pthread_t threads[RANKS];
+  for (int i = 1; i < RANKS; i++) {
+    snprintf(writers[i].prefix, sizeof writers[i].prefix, "%s", prefix);
+    writers[i].index = i;
+    assert_int_equal(pthread_create(&threads[i], NULL, write_entry_main, &writers[i]), 0);
+  }
+  uint8_t got[(RANKS - 1) * 8];
+  assert_int_equal(tg_comm_store_gather(ep, prefix, 1, RANKS - 1, 8, got, now_ms() + 10000, NULL, NULL, &st),
+                   TG_COMM_OK);
+  for (int i = 1; i < RANKS; i++) {
+    pthread_join(threads[i], NULL);
+    for (int b = 0; b < 8; b++) assert_int_equal(got[(i - 1) * 8 + b], i);
+  }
+  /* One entry missing: a timeout at the deadline, naming the list. */
+  int64_t t0 = now_ms();
+  assert_int_equal(tg_comm_store_gather(ep, prefix, 1, RANKS, 8, got, t0 + 300, NULL, NULL, &st), TG_COMM_TIMEOUT);
+  assert_true(now_ms() - t0 >= 300);
+  assert_non_null(strstr(st.message, prefix));
+}
+
+/* What other processes put in a list's range is checked, not trusted. */
+static void test_gather_refuses_foreign_entries(void **state) {
+  (void)state;
+  const char *ep = tg_etcd_cluster_endpoints(cluster);
+  char prefix[256], key[300];
+  uint8_t value[8] = {0}, got[16];
+  tg_comm_status st = {0};
+  /* An entry of the wrong size. */
+  unique_key(prefix, sizeof prefix, "votes/");
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(tg_comm_store_indexed_key(key, sizeof key, prefix, i), 0);
+    assert_int_equal(tg_comm_store_publish(ep, key, value, i ? 4 : 8, now_ms() + 5000, &st), TG_COMM_OK);
+  }
+  assert_int_equal(tg_comm_store_gather(ep, prefix, 0, 2, 8, got, now_ms() + 2000, NULL, NULL, &st), TG_COMM_ERROR);
+  assert_non_null(strstr(st.message, "4 bytes, expected 8"));
+  /* A key inside the range that is not an entry ("00000001x" sorts among them). */
+  unique_key(prefix, sizeof prefix, "votes/");
+  snprintf(key, sizeof key, "%s00000001x", prefix);
+  assert_int_equal(tg_comm_store_publish(ep, key, value, 8, now_ms() + 5000, &st), TG_COMM_OK);
+  assert_int_equal(tg_comm_store_indexed_key(key, sizeof key, prefix, 0), 0);
+  assert_int_equal(tg_comm_store_publish(ep, key, value, 8, now_ms() + 5000, &st), TG_COMM_OK);
+  assert_int_equal(tg_comm_store_gather(ep, prefix, 0, 2, 8, got, now_ms() + 2000, NULL, NULL, &st), TG_COMM_ERROR);
+  assert_non_null(strstr(st.message, "is not an entry"));
+  /* Bad arguments. */
+  assert_int_equal(tg_comm_store_gather(ep, prefix, -1, 2, 8, got, now_ms() + 1000, NULL, NULL, &st), TG_COMM_ERROR);
+  assert_int_equal(tg_comm_store_gather(ep, prefix, 0, 0, 8, got, now_ms() + 1000, NULL, NULL, &st), TG_COMM_ERROR);
+  assert_int_equal(tg_comm_store_gather(ep, prefix, 0, 2, 0, got, now_ms() + 1000, NULL, NULL, &st), TG_COMM_ERROR);
+  assert_int_equal(tg_comm_store_indexed_key(key, sizeof key, prefix, 100000000), -1);
+}
+
 static int group_setup(void **state) {
   (void)state;
   char err[256];
@@ -179,6 +259,8 @@ int main(void) {
       cmocka_unit_test(test_nothing_published_times_out),
       cmocka_unit_test(test_abort_stops_a_wait),
       cmocka_unit_test(test_wrong_sizes_and_bad_arguments),
+      cmocka_unit_test(test_gather_waits_for_every_entry),
+      cmocka_unit_test(test_gather_refuses_foreign_entries),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

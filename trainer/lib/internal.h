@@ -72,7 +72,8 @@ void tg_lib_forget_restore(tg_trainer *t);
 tg_result tg_lib_all_gather_host(tg_trainer *t, const void *send, void *recv, size_t bytes_per_rank);
 tg_result tg_lib_all_reduce_host(tg_trainer *t, int64_t *buf, size_t count);
 
-/* Reports a fault about this rank to the agent (warning level; logged). */
-void tg_lib_report(tg_trainer *t, int kind, const char *detail);
+/* Reports a fault about this rank to the agent (a Severity; logged). An
+ * ERROR re-forms the world; a WARNING is recorded only. */
+void tg_lib_report(tg_trainer *t, int kind, int severity, const char *detail);
 
 #endif

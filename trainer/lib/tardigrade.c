@@ -28,11 +28,12 @@
 /* Building a world's communicator waits for every rank. A survivor may
  * still be inside the old world's collective until COLLECTIVE_MS (when the
  * abort on a newer generation does not interrupt it: seen under ASan, a
- * gloo send waiting its full 30 s), so the others wait longer than that;
- * giving up first left them retrying a generation whose store keys were
- * spent, and the job stuck. A rank that never comes is not waited for:
- * the newer world that replaces it cancels the wait. */
+ * gloo send waiting its full 30 s), so the others wait longer than that:
+ * giving up first wastes the generation (they then ask for a new one, see
+ * tg_join). A rank that never comes is not waited for: the newer world
+ * that replaces it cancels the wait. */
 #define CONNECT_MS (COLLECTIVE_MS + 15000)
+#define NEWER_WORLD_GRACE_MS 1000 /* after a failed communicator, before asking for a new world */
 #define REPLICATION_WAIT_MS 10000 /* then go on unreplicated: the buddy is likely gone */
 
 tg_result tg_lib_fail(tg_trainer *t, const char *fmt, ...) {
@@ -72,6 +73,17 @@ static void abandon_old_world(tg_trainer *t) {
   pthread_mutex_lock(&t->comm_mu);
   if (t->comm && newer_world(t, (uint64_t)tg_comm_generation(t->comm))) tg_comm_abort(t->comm);
   pthread_mutex_unlock(&t->comm_mu);
+}
+
+/* Whether a world newer than `generation` appears within NEWER_WORLD_GRACE_MS:
+ * a failure that a peer's death caused is usually followed by the world
+ * that replaces it, and then there is nothing to report. */
+static int newer_world_soon(const tg_trainer *t, uint64_t generation) {
+  for (int64_t waited_ms = 0; waited_ms < NEWER_WORLD_GRACE_MS; waited_ms += 50) {
+    if (newer_world(t, generation)) return 1;
+    tg_clock_sleep_ms(50);
+  }
+  return newer_world(t, generation);
 }
 
 /* tg_comm_config.cancelled while this rank builds the communicator of
@@ -143,13 +155,13 @@ void tg_free(tg_trainer *t) {
 }
 
 tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
+  /* The old world's communicator is stopped now and freed once the new
+   * one exists: NCCL may shrink it into the new one (comm.h, parent). */
   pthread_mutex_lock(&t->comm_mu);
-  if (t->comm) {
-    tg_comm_abort(t->comm);
-    tg_comm_free(t->comm);
-    t->comm = NULL;
-  }
+  tg_comm *parent = t->comm;
+  t->comm = NULL;
   pthread_mutex_unlock(&t->comm_mu);
+  if (parent) tg_comm_abort(parent);
   tg_lib_forget_restore(t);
   /* Until the first step done in the new world: not a hang (counters.h). */
   tg_counters_set_restoring(t->counters, (int)t->slot, 1);
@@ -161,8 +173,10 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
   tg_rpc_status st = {0};
   tg_rpc_call_opts o = {.deadline_ms = timeout_ms, .wait_for_ready = 1};
   if (tg_rpc_unary(t->agent, "/tardigrade.v1.Agent/Join", &req.base, &tardigrade__v1__join_response__descriptor,
-                   &m, &o, &st) != TG_RPC_OK)
+                   &m, &o, &st) != TG_RPC_OK) {
+    tg_comm_free(parent);
     return tg_lib_fail(t, "join: %s: %s", tg_rpc_code_name(st.code), st.message);
+  }
   Tardigrade__V1__JoinResponse *r = (Tardigrade__V1__JoinResponse *)m;
   t->world.previous_world_size = t->world.world_size;
   t->world.generation = r->world->generation;
@@ -185,15 +199,28 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
                        .connect_timeout_ms = CONNECT_MS};
   cc.cancelled = joining_cancelled;
   cc.cancel_user = t;
+  cc.parent = parent;
   tg_comm_status cs = {0};
   tg_comm *comm = tg_comm_create(&cc, &cs);
+  tg_comm_free(parent);
   pthread_mutex_lock(&t->comm_mu);
   t->comm = comm;
   pthread_mutex_unlock(&t->comm_mu);
   protobuf_c_message_free_unpacked(m, NULL);
   if (!t->comm) {
-    /* The world may already be gone (a peer failed while forming it). */
+    /* The world may already be gone (a peer failed while forming it): the
+     * next join waits for a newer one. If nothing replaces it (every rank
+     * timed out: a member arrived too late, or the store failed), nobody
+     * else would ask for one, so this rank does: an ERROR fault makes the
+     * coordinator form the world again under a new generation. */
     snprintf(t->error, sizeof t->error, "communicator: %s", cs.message);
+    if (cs.code != TG_COMM_ABORTED && !newer_world_soon(t, t->world.generation)) {
+      char detail[600];
+      snprintf(detail, sizeof detail, "generation %" PRIu64 " formed no communicator: %s", t->world.generation,
+               cs.message);
+      tg_lib_report(t, TARDIGRADE__V1__FAULT_KIND__FAULT_COLLECTIVE_TIMEOUT,
+                    TARDIGRADE__V1__SEVERITY__SEVERITY_ERROR, detail);
+    }
     return TG_WORLD_CHANGED;
   }
   *world = t->world;
@@ -358,11 +385,11 @@ static tg_result wait_replicated(tg_trainer *t, uint64_t step, uint64_t replicat
   return TG_OK;
 }
 
-void tg_lib_report(tg_trainer *t, int kind, const char *detail) {
+void tg_lib_report(tg_trainer *t, int kind, int severity, const char *detail) {
   fprintf(stderr, "tardigrade: rank %d: %s\n", t->world.rank, detail);
   Tardigrade__V1__Fault f = TARDIGRADE__V1__FAULT__INIT;
   f.kind = kind;
-  f.severity = TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING;
+  f.severity = severity;
   f.rank = t->world.rank;
   f.detail = (char *)detail;
   f.detected_unix_ms = tg_clock_unix_ms();
