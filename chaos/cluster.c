@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -34,6 +35,7 @@ struct tg_chaos_cluster {
   tg_proc *coord[TG_CHAOS_MAX_COORDINATORS];
   tg_proc *agent[TG_CHAOS_MAX_NODES];
   char node_ids[TG_CHAOS_MAX_NODES][16];
+  int ckpt_mounted;
 };
 
 static int make_dir(const char *path, char *err, size_t errlen) {
@@ -106,6 +108,18 @@ tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char 
     snprintf(c->coordinators + strlen(c->coordinators), sizeof c->coordinators - strlen(c->coordinators),
              "%s127.0.0.1:%d", i ? "," : "", c->ports[i]);
   }
+  /* Last: nothing after it can fail and leave the mount behind. */
+  if (cfg->ckpt_fs_mib > 0) {
+    char opts[32];
+    snprintf(path, sizeof path, "%s/ckpt", c->dir);
+    snprintf(opts, sizeof opts, "size=%dm,mode=0755", cfg->ckpt_fs_mib);
+    if (mount("tg-chaos-ckpt", path, "tmpfs", MS_NOSUID | MS_NODEV, opts) != 0) {
+      snprintf(err, errlen, "mounting a %d MiB tmpfs on %s (disk_full needs root): %s", cfg->ckpt_fs_mib, path,
+               strerror(errno));
+      goto err;
+    }
+    c->ckpt_mounted = 1;
+  }
   return c;
 err:
   free(c);
@@ -138,7 +152,16 @@ void tg_chaos_cluster_free(tg_chaos_cluster *c) {
     snprintf(name, sizeof name, "/tg-progress-%s-n%d", c->job, i);
     shm_unlink(name);
   }
+  if (c->ckpt_mounted) {
+    char path[700];
+    tg_chaos_cluster_ckpt_dir(c, path, sizeof path);
+    umount2(path, MNT_DETACH); /* lazily: a process may still hold a file there */
+  }
   free(c);
+}
+
+void tg_chaos_cluster_ckpt_dir(const tg_chaos_cluster *c, char *out, size_t len) {
+  snprintf(out, len, "%s/ckpt", c->dir);
 }
 
 /* ------------------------------------------------------------ coordinators */
@@ -205,7 +228,7 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   if (make_dir(logs, err, errlen) != 0) return -1;
   snprintf(sock, sizeof sock, "%s/sock/%s.sock", c->dir, id);
   snprintf(log, sizeof log, "%s/logs/%s-agent.log", c->dir, id);
-  snprintf(ckpt, sizeof ckpt, "%s/ckpt", c->dir);
+  tg_chaos_cluster_ckpt_dir(c, ckpt, sizeof ckpt);
   snprintf(slots, sizeof slots, "%d", c->spec.slots);
   snprintf(mib, sizeof mib, "%lld", (long long)c->spec.ckpt_mib);
   snprintf(hang, sizeof hang, "%lld", (long long)c->spec.hang_floor_ms);

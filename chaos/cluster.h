@@ -37,6 +37,7 @@ typedef struct {
   int max_nodes;              /* the coordinators' --max-nodes (the rest are spares) */
   int coordinators;
   int persist;                /* 1: give agents --ckpt-dir */
+  int ckpt_fs_mib;            /* > 0: that directory is a tmpfs of this size, mounted here (root) */
   const tg_chaos_cluster_spec *spec;
   const tg_chaos_training_spec *training;
   const char *params_out;     /* tg-train --out */
@@ -70,6 +71,10 @@ int tg_chaos_cluster_agent_running(tg_chaos_cluster *c, int node);
  * gpu0..gpu<slots-1> (agent/health/gpu_fake.h) and a NIC eth0 under sys/
  * (nic_fake.h), all healthy until a fault is written there. */
 void tg_chaos_cluster_fake_devices(const tg_chaos_cluster *c, int node, char *out, size_t len);
+
+/* The agents' --ckpt-dir (shared by every node, like a cluster's shared
+ * filesystem): DIR/ckpt; a tmpfs of ckpt_fs_mib when that is set. */
+void tg_chaos_cluster_ckpt_dir(const tg_chaos_cluster *c, char *out, size_t len);
 
 /* SIGKILLs the agent and then its trainers, as when a host dies. */
 int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node);

@@ -5,10 +5,13 @@
  * of injection immediately before the act. */
 #include "chaos/inject.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "agent/ckpt/store.h"
 #include "agent/health/gpu_fake.h"
@@ -272,6 +275,46 @@ static int etcd_member_crash(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   return 0;
 }
 
+void tg_chaos_fill_path(tg_chaos_ctx *ctx, char *out, size_t len) {
+  char dir[700];
+  tg_chaos_cluster_ckpt_dir(ctx->cluster, dir, sizeof dir);
+  snprintf(out, len, "%s/.tg-chaos-fill", dir);
+}
+
+/* The checkpoint filesystem (the tmpfs the cluster mounted for this kind)
+ * is filled with one file until a write fails with ENOSPC: every agent's
+ * next persist fails, and each should report a DISK warning naming the
+ * directory while training goes on from memory. tg_chaos_track frees the
+ * space once a persist has had to fail. */
+static int disk_full(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  char path[760];
+  tg_chaos_cluster_ckpt_dir(ctx->cluster, f->component, sizeof f->component);
+  tg_chaos_fill_path(ctx, path, sizeof path);
+  f->freed_at_step = -1;
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return skip(f, "%s: %s (still full from an earlier fault?)", path, strerror(errno));
+  static const char block[1 << 16];
+  long long written = 0;
+  stamp(f);
+  for (;;) {
+    ssize_t n = write(fd, block, sizeof block);
+    if (n > 0) {
+      written += n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    break;
+  }
+  int full = errno == ENOSPC;
+  close(fd);
+  if (!full) {
+    unlink(path);
+    return skip(f, "filling %s stopped before the disk was full: %s", path, strerror(errno));
+  }
+  snprintf(f->note, sizeof f->note, "%s filled (%lld MiB written)", f->component, written >> 20);
+  return 0;
+}
+
 int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   tg_chaos_status st;
   tg_chaos_poller_get(ctx->poller, &st);
@@ -291,6 +334,7 @@ int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   case TG_CHAOS_GPU_LOST:
   case TG_CHAOS_NIC_DOWN: return device_fault(ctx, f, &st);
   case TG_CHAOS_ETCD_MEMBER_CRASH: return etcd_member_crash(ctx, f);
+  case TG_CHAOS_DISK_FULL: return disk_full(ctx, f);
   default: return skip(f, "unknown kind");
   }
 }
@@ -318,6 +362,7 @@ int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind) {
     return 0;
   case TG_CHAOS_COORDINATOR_CRASH: return st.ok && running_coordinators(ctx) >= 2;
   case TG_CHAOS_ETCD_MEMBER_CRASH: return running_etcd_members(ctx) == tg_etcd_cluster_size(ctx->etcd);
+  case TG_CHAOS_DISK_FULL: return 1;
   case TG_CHAOS_LOSE_ALL_COPIES:
     return st.n_nodes >= 3 && ranked == st.n_nodes && st.n_nodes - 2 + (spares < 2 ? spares : 2) >= min;
   default: return 0;

@@ -19,6 +19,9 @@ int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f);
  * world below min_nodes or return a host that was never lost). */
 int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind);
 
+/* disk_full's filler file in the checkpoint directory. */
+void tg_chaos_fill_path(tg_chaos_ctx *ctx, char *out, size_t len);
+
 /* A uniform draw in [0, n) from the run's generator (n > 0). */
 uint32_t tg_chaos_draw(tg_chaos_ctx *ctx, uint32_t n);
 

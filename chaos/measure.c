@@ -7,11 +7,15 @@
 #include "chaos/measure.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "agent/ckpt/disk.h"
+#include "chaos/inject.h"
 #include "common/clock/clock.h"
 
 #define FAULT_LOG_BYTES (4 << 20)
@@ -43,6 +47,7 @@ static const char *expected_record(tg_chaos_kind kind) {
   case TG_CHAOS_GPU_ECC: return "GPU_ECC";
   case TG_CHAOS_GPU_LOST: return "GPU_LOST";
   case TG_CHAOS_NIC_DOWN: return "NIC_DOWN";
+  case TG_CHAOS_DISK_FULL: return "DISK";
   default: return NULL;
   }
 }
@@ -121,6 +126,38 @@ static void world_formed(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   }
 }
 
+/* The newest step of which some shard is persisted in dir; -1: none. */
+static int64_t newest_persisted(const char *dir, const char *job) {
+  tg_ckpt_key keys[256];
+  size_t n = tg_ckpt_disk_list(dir, job, keys, sizeof keys / sizeof keys[0]);
+  int64_t newest = -1;
+  for (size_t i = 0; i < n && i < sizeof keys / sizeof keys[0]; i++)
+    if ((int64_t)keys[i].step > newest) newest = (int64_t)keys[i].step;
+  return newest;
+}
+
+/* A full disk must not stop training: once the trainers went a persist
+ * interval past the fault (so a persist had to fail), the space is freed;
+ * it is over when a step after that is on disk again. The world never
+ * changes. */
+static int disk_full_over(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  int64_t step = tg_chaos_watch_max_step(ctx->watch);
+  if (f->freed_at_step < 0) {
+    if (step <= f->step_at_injection + ctx->s->cluster.persist_every + 1) return 0;
+    char path[760];
+    tg_chaos_fill_path(ctx, path, sizeof path);
+    if (unlink(path) != 0) add_note(f, "cannot remove %s: %s", path, strerror(errno));
+    f->freed_at_step = step;
+    add_note(f, "training went on to step %lld; space freed", (long long)step);
+    return 0;
+  }
+  int64_t persisted = newest_persisted(f->component, tg_chaos_cluster_job(ctx->cluster));
+  if (persisted <= f->freed_at_step) return 0;
+  add_note(f, "step %lld persisted after that", (long long)persisted);
+  kept_world(f, tg_clock_unix_ms());
+  return 1;
+}
+
 int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   if (f->state != TG_CHAOS_IN_FLIGHT) return 1;
   tg_chaos_status st;
@@ -153,6 +190,7 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
       add_note(f, "cannot restart etcd member %d: %s", f->etcd_member, err);
     return 1;
   }
+  if (f->spec.kind == TG_CHAOS_DISK_FULL && disk_full_over(ctx, f)) return 1;
   int idx = tg_chaos_node_index(ctx->s, f->node);
   if (f->spec.kind == TG_CHAOS_HOST_RETURN && !f->expect_new_world &&
       tg_chaos_watch_agent_lines(ctx->watch, idx) > f->agent_lines_before) {
@@ -228,6 +266,8 @@ static void match_one(tg_chaos_fault *faults, size_t n, size_t i, const cJSON *r
   int rank_counts = tg_chaos_kind_target(f->spec.kind) == TG_CHAOS_TARGET_TRAINER &&
                     f->spec.kind != TG_CHAOS_CORRUPT_REPLICA && f->rank >= 0;
   f->culprit_ok = m == named && (!rank_counts || f->detect_rank == f->rank);
+  /* A full disk is no node's fault: the record must name the directory. */
+  if (f->spec.kind == TG_CHAOS_DISK_FULL) f->culprit_ok = strcmp(str(m, "component"), f->component) == 0;
   if (!f->culprit_ok)
     add_note(f, "the fault log blamed %s rank %d, not the target", f->detect_node, f->detect_rank);
   if (f->spec.kind == TG_CHAOS_TRAINER_SEGV && f->detect_signal != 11)

@@ -41,6 +41,8 @@ typedef struct {
   char coordinator[TG_CHAOS_NAME_MAX]; /* coordinator_crash: the leader killed */
   int etcd_member;                  /* etcd_member_crash: the member killed; -1: none */
   int expect_new_world;             /* host_return: 1 when the world should grow */
+  char component[256];              /* disk_full: the checkpoint directory the record must name */
+  int64_t freed_at_step;            /* disk_full: the space was freed after this step; -1: not yet */
 
   /* At injection. */
   int64_t injected_unix_ms, injected_mono_ms;

@@ -84,8 +84,20 @@ static int run_command(const char *const *argv) {
 
 /* ------------------------------------------------------------ clusters */
 
+/* The checkpoint filesystem's size when a disk_full fault will fill it:
+ * room for the few persisted steps of a scenario's small model. */
+#define DISK_FULL_FS_MIB 64
+
+static int uses_kind(const tg_chaos_scenario *s, tg_chaos_kind kind) {
+  for (size_t i = 0; i < s->n_faults; i++)
+    if (s->faults[i].kind == kind) return 1;
+  for (size_t i = 0; i < s->n_soak_kinds; i++)
+    if (s->soak_kinds[i] == kind) return 1;
+  return 0;
+}
+
 static tg_chaos_cluster *new_cluster(run_state *r, const char *job, const char *dir, int nodes, int max_nodes,
-                                     int coordinators, int persist, const tg_chaos_cluster_spec *spec,
+                                     int coordinators, int persist, int ckpt_fs_mib, const tg_chaos_cluster_spec *spec,
                                      const char *params) {
   char err[512];
   if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
@@ -94,7 +106,8 @@ static tg_chaos_cluster *new_cluster(run_state *r, const char *job, const char *
   }
   tg_chaos_cluster_config cfg = {.job = job, .dir = dir, .etcd_endpoints = tg_etcd_cluster_endpoints(r->etcd),
                                  .bins = r->o->bins, .nodes = nodes, .max_nodes = max_nodes,
-                                 .coordinators = coordinators, .persist = persist, .spec = spec,
+                                 .coordinators = coordinators, .persist = persist, .ckpt_fs_mib = ckpt_fs_mib,
+                                 .spec = spec,
                                  .training = &r->o->scenario->training, .params_out = params};
   tg_chaos_cluster *c = tg_chaos_cluster_new(&cfg, err, sizeof err);
   if (!c) setup_error(r, "%s", err);
@@ -140,7 +153,7 @@ static int run_reference(run_state *r) {
   tg_chaos_cluster_spec spec = s->cluster;
   spec.min_nodes = 1;
   int64_t t0 = tg_clock_mono_ms();
-  tg_chaos_cluster *c = new_cluster(r, job, dir, 1, 1, 1, 0, &spec, res->reference_params);
+  tg_chaos_cluster *c = new_cluster(r, job, dir, 1, 1, 1, 0, 0, &spec, res->reference_params);
   if (!c) return -1;
   TG_INFO("reference: training %lld steps without faults on 1 node x %d slots (job %s)",
           (long long)s->training.steps, s->cluster.slots, job);
@@ -442,7 +455,8 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
 
   snprintf(res->params, sizeof res->params, "%s/chaos.params", r.dir);
   ctx.cluster = new_cluster(&r, res->job, r.dir, s->cluster.agents + s->cluster.spares, s->cluster.agents,
-                            s->cluster.coordinators, 1, &s->cluster, res->params);
+                            s->cluster.coordinators, 1, uses_kind(s, TG_CHAOS_DISK_FULL) ? DISK_FULL_FS_MIB : 0,
+                            &s->cluster, res->params);
   if (!ctx.cluster) goto out;
   ctx.etcd = r.etcd;
   ctx.watch = tg_chaos_watch_new(ctx.cluster);

@@ -20,13 +20,14 @@ static const char *const kind_names[TG_CHAOS_KIND_COUNT] = {
     "trainer_crash", "trainer_segv", "hang", "host_loss", "host_return",
     "drain", "coordinator_crash", "corrupt_replica", "lose_all_copies",
     "gpu_xid", "gpu_ecc", "gpu_lost", "nic_down", "etcd_member_crash",
+    "disk_full",
 };
 
 /* Planned kinds (DESIGN.md, issue 6) that this cut refuses by name. */
 static const char *const unsupported_kinds[] = {
     "gpu_row_remap", "gpu_thermal", "gpu_pcie",
     "nic_flap", "nic_errors", "network_partition", "slow_link",
-    "disk_full", "silent_data_corruption", "nan_loss", "straggler",
+    "silent_data_corruption", "nan_loss", "straggler",
 };
 
 const char *tg_chaos_kind_name(tg_chaos_kind kind) {
@@ -242,6 +243,9 @@ static int kind_fits(const tg_chaos_scenario *s, tg_chaos_kind kind, const char 
   const tg_chaos_cluster_spec *c = &s->cluster;
   if (kind == TG_CHAOS_ETCD_MEMBER_CRASH && c->etcd_members < 3)
     return fail(err, errlen, "%s: etcd_member_crash needs cluster.etcd_members >= 3 (a quorum without it)", path);
+  if (kind == TG_CHAOS_DISK_FULL && s->training.steps <= 3 * c->persist_every)
+    return fail(err, errlen, "%s: disk_full needs training.steps above 3 x cluster.persist_every (a persist that "
+                "fails, then one after the space is freed)", path);
   if (kind == TG_CHAOS_COORDINATOR_CRASH && c->coordinators < 2)
     return fail(err, errlen, "%s: coordinator_crash needs cluster.coordinators >= 2 (a standby to take over)", path);
   if (kind == TG_CHAOS_LOSE_ALL_COPIES) {

@@ -41,6 +41,7 @@ typedef enum {
   TG_CHAOS_GPU_LOST,           /* one of a node's fake GPUs stops answering (lost) */
   TG_CHAOS_NIC_DOWN,           /* the node's fake NIC eth0 loses carrier */
   TG_CHAOS_ETCD_MEMBER_CRASH,  /* SIGKILL the etcd leader (restarted once training went on) */
+  TG_CHAOS_DISK_FULL,          /* fill the checkpoint filesystem (a tmpfs tg-chaos mounts); freed later */
   TG_CHAOS_KIND_COUNT
 } tg_chaos_kind;
 

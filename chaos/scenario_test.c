@@ -33,7 +33,7 @@ static void test_shipped_scenarios_parse(void **state) {
   (void)state;
   const char *names[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
                          "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak",
-                         "device_faults", "etcd_member_crash", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl"};
+                         "device_faults", "etcd_member_crash", "disk_full", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char path[256], err[512];
     snprintf(path, sizeof path, "chaos/scenarios/%s.json", names[i]);
@@ -93,6 +93,12 @@ static void test_bad_input(void **state) {
          "needs cluster.etcd_members >= 3");
   expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2, \"etcd_members\": 6}, \"training\": {\"steps\": 5}}",
          "cluster.etcd_members");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2, \"persist_every\": 10}, \"training\": {\"steps\": 30}, "
+         "\"faults\": [{\"at_step\": 2, \"kind\": \"disk_full\"}]}",
+         "disk_full needs training.steps above 3 x cluster.persist_every");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 100}, "
+         "\"faults\": [{\"at_step\": 2, \"kind\": \"disk_full\", \"target\": {\"node\": \"n0\"}}]}",
+         "faults[0].target");
   expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5, \"device\": \"tpu\"}}",
          "training.device: expected");
   expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 5, \"backend\": \"mpi\"}}",
@@ -133,7 +139,7 @@ static void test_bad_input(void **state) {
   expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": []}}", "soak.kinds: must be");
   expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"hang\", \"hang\"]}}",
          "listed twice");
-  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"disk_full\"]}}",
+  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"gpu_pcie\"]}}",
          "not supported yet");
 }
 
