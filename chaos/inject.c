@@ -236,22 +236,48 @@ static int device_fault(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_sta
   snprintf(sys, sizeof sys, "%s/sys", dir);
   uint32_t gpu = tg_chaos_draw(ctx, (uint32_t)ctx->s->cluster.slots);
   int rc;
+  f->gpu = (int)gpu;
   stamp(f);
   switch (f->spec.kind) {
   case TG_CHAOS_GPU_XID: rc = tg_gpu_fake_inject_xid(dir, gpu, 79); break;
   case TG_CHAOS_GPU_ECC: rc = tg_gpu_fake_set_ecc(dir, gpu, 1); break;
   case TG_CHAOS_GPU_LOST: rc = tg_gpu_fake_set_lost(dir, gpu, 1); break;
+  case TG_CHAOS_GPU_THERMAL:
+    rc = tg_gpu_fake_set_temperature(dir, gpu, 92);
+    if (rc == 0) rc = tg_gpu_fake_set(dir, gpu, "throttle", "thermal");
+    break;
+  case TG_CHAOS_GPU_PCIE: rc = tg_gpu_fake_set(dir, gpu, "pcie_width", "8"); break;
+  case TG_CHAOS_GPU_ROW_REMAP: rc = tg_gpu_fake_set(dir, gpu, "row_remap_pending", "1"); break;
   default:
     rc = tg_nic_fake_set(sys, "eth0", "carrier", "0");
     if (rc == 0) rc = tg_nic_fake_set(sys, "eth0", "operstate", "down");
     break;
   }
   if (rc != 0) return skip(f, "cannot write %s's fake devices in %s: %s", f->node, dir, strerror(rc < 0 ? -rc : rc));
-  if (f->spec.kind == TG_CHAOS_NIC_DOWN)
+  if (f->spec.kind == TG_CHAOS_NIC_DOWN) {
+    f->gpu = -1;
     snprintf(f->note, sizeof f->note, "eth0 down");
-  else
+  } else {
     snprintf(f->note, sizeof f->note, "gpu%u", gpu);
+  }
   return 0;
+}
+
+int tg_chaos_device_heal(tg_chaos_ctx *ctx, const tg_chaos_fault *f) {
+  int idx = tg_chaos_node_index(ctx->s, f->node);
+  if (idx < 0 || f->gpu < 0) return -EINVAL;
+  char dir[800];
+  tg_chaos_cluster_fake_devices(ctx->cluster, idx, dir, sizeof dir);
+  uint32_t gpu = (uint32_t)f->gpu;
+  switch (f->spec.kind) {
+  case TG_CHAOS_GPU_THERMAL: {
+    int rc = tg_gpu_fake_set(dir, gpu, "throttle", "none");
+    return rc ? rc : tg_gpu_fake_set_temperature(dir, gpu, 40);
+  }
+  case TG_CHAOS_GPU_PCIE: return tg_gpu_fake_set(dir, gpu, "pcie_width", "16");
+  case TG_CHAOS_GPU_ROW_REMAP: return tg_gpu_fake_set(dir, gpu, "row_remap_pending", "0");
+  default: return -EINVAL;
+  }
 }
 
 static int running_etcd_members(tg_chaos_ctx *ctx) {
@@ -318,7 +344,7 @@ static int disk_full(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
 int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   tg_chaos_status st;
   tg_chaos_poller_get(ctx->poller, &st);
-  f->slot = f->rank = f->etcd_member = -1;
+  f->slot = f->rank = f->etcd_member = f->gpu = -1;
   switch (f->spec.kind) {
   case TG_CHAOS_TRAINER_CRASH: return signal_trainer(ctx, f, &st, SIGKILL);
   case TG_CHAOS_TRAINER_SEGV: return signal_trainer(ctx, f, &st, SIGSEGV);
@@ -332,7 +358,10 @@ int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   case TG_CHAOS_GPU_XID:
   case TG_CHAOS_GPU_ECC:
   case TG_CHAOS_GPU_LOST:
-  case TG_CHAOS_NIC_DOWN: return device_fault(ctx, f, &st);
+  case TG_CHAOS_NIC_DOWN:
+  case TG_CHAOS_GPU_THERMAL:
+  case TG_CHAOS_GPU_PCIE:
+  case TG_CHAOS_GPU_ROW_REMAP: return device_fault(ctx, f, &st);
   case TG_CHAOS_ETCD_MEMBER_CRASH: return etcd_member_crash(ctx, f);
   case TG_CHAOS_DISK_FULL: return disk_full(ctx, f);
   default: return skip(f, "unknown kind");
@@ -363,6 +392,9 @@ int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind) {
   case TG_CHAOS_COORDINATOR_CRASH: return st.ok && running_coordinators(ctx) >= 2;
   case TG_CHAOS_ETCD_MEMBER_CRASH: return running_etcd_members(ctx) == tg_etcd_cluster_size(ctx->etcd);
   case TG_CHAOS_DISK_FULL: return 1;
+  case TG_CHAOS_GPU_THERMAL:
+  case TG_CHAOS_GPU_PCIE:
+  case TG_CHAOS_GPU_ROW_REMAP: return ranked > 0;
   case TG_CHAOS_LOSE_ALL_COPIES:
     return st.n_nodes >= 3 && ranked == st.n_nodes && st.n_nodes - 2 + (spares < 2 ? spares : 2) >= min;
   default: return 0;

@@ -19,6 +19,10 @@ int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f);
  * world below min_nodes or return a host that was never lost). */
 int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind);
 
+/* Undoes a warning kind's write to the node's fake GPU (f->gpu). 0, or
+ * -errno. */
+int tg_chaos_device_heal(tg_chaos_ctx *ctx, const tg_chaos_fault *f);
+
 /* disk_full's filler file in the checkpoint directory. */
 void tg_chaos_fill_path(tg_chaos_ctx *ctx, char *out, size_t len);
 

@@ -48,6 +48,9 @@ static const char *expected_record(tg_chaos_kind kind) {
   case TG_CHAOS_GPU_LOST: return "GPU_LOST";
   case TG_CHAOS_NIC_DOWN: return "NIC_DOWN";
   case TG_CHAOS_DISK_FULL: return "DISK";
+  case TG_CHAOS_GPU_THERMAL: return "GPU_THERMAL";
+  case TG_CHAOS_GPU_PCIE: return "GPU_PCIE";
+  case TG_CHAOS_GPU_ROW_REMAP: return "GPU_ROW_REMAP";
   default: return NULL;
   }
 }
@@ -158,8 +161,50 @@ static int disk_full_over(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   return 1;
 }
 
+/* A warning (a hot GPU, a narrow PCIe link, a pending row remap) must be
+ * reported, naming the node, and must change nothing: the node keeps its
+ * ranks and training goes on in the same world. Over once the record is
+ * in the fault log (read at most once a second) and two more steps were
+ * logged; the device is then healed, so later faults find it healthy. A
+ * newer world means the job acted on a warning: not recovered. */
+static int warning_over(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  const tg_chaos_generation *gens;
+  size_t n = tg_chaos_watch_generations(ctx->watch, &gens);
+  for (size_t i = 0; i < n; i++)
+    if (gens[i].generation > f->generation_before) {
+      f->state = TG_CHAOS_NOT_RECOVERED;
+      add_note(f, "generation %llu formed: the job acted on a warning", (unsigned long long)gens[i].generation);
+      tg_chaos_device_heal(ctx, f);
+      return 1;
+    }
+  int64_t step = tg_chaos_watch_max_step(ctx->watch), now = tg_clock_mono_ms();
+  if (!f->detected) {
+    if (f->fault_log_read_mono_ms && now - f->fault_log_read_mono_ms < 1000) return 0;
+    f->fault_log_read_mono_ms = now;
+    tg_chaos_match_fault_log(ctx, f, 1);
+    if (!f->detected) return 0;
+    f->step_at_detection = step;
+  }
+  if (step < f->step_at_detection + 2) return 0;
+  int rc = tg_chaos_device_heal(ctx, f);
+  if (rc != 0) add_note(f, "cannot heal the fake GPU: %s", strerror(-rc));
+  add_note(f, "training went on to step %lld in the same world", (long long)step);
+  kept_world(f, tg_clock_unix_ms());
+  return 1;
+}
+
+/* 1 (and not recovered) once the fault's recovery_timeout_s has passed. */
+static int timed_out(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  if (tg_clock_mono_ms() - f->injected_mono_ms <= ctx->s->recovery_timeout_s * 1000) return 0;
+  f->state = TG_CHAOS_NOT_RECOVERED;
+  add_note(f, "no recovery within %llds", (long long)ctx->s->recovery_timeout_s);
+  if (tg_chaos_kind_is_warning(f->spec.kind)) tg_chaos_device_heal(ctx, f);
+  return 1;
+}
+
 int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   if (f->state != TG_CHAOS_IN_FLIGHT) return 1;
+  if (tg_chaos_kind_is_warning(f->spec.kind)) return warning_over(ctx, f) || timed_out(ctx, f);
   tg_chaos_status st;
   tg_chaos_poller_get(ctx->poller, &st);
   if (f->spec.kind == TG_CHAOS_COORDINATOR_CRASH && !f->detected && st.ok &&
@@ -203,12 +248,7 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
     kept_world(f, at);
     return 1;
   }
-  if (tg_clock_mono_ms() - f->injected_mono_ms > ctx->s->recovery_timeout_s * 1000) {
-    f->state = TG_CHAOS_NOT_RECOVERED;
-    add_note(f, "no recovery within %llds", (long long)ctx->s->recovery_timeout_s);
-    return 1;
-  }
-  return 0;
+  return timed_out(ctx, f);
 }
 
 void tg_chaos_abandon(tg_chaos_fault *f, const char *why) {

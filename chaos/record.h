@@ -43,6 +43,9 @@ typedef struct {
   int expect_new_world;             /* host_return: 1 when the world should grow */
   char component[256];              /* disk_full: the checkpoint directory the record must name */
   int64_t freed_at_step;            /* disk_full: the space was freed after this step; -1: not yet */
+  int gpu;                          /* device kinds: the fake GPU written; -1: none */
+  int64_t step_at_detection;        /* warning kinds: the newest step when the record was seen */
+  int64_t fault_log_read_mono_ms;   /* warning kinds: when the fault log was last read */
 
   /* At injection. */
   int64_t injected_unix_ms, injected_mono_ms;

@@ -20,18 +20,21 @@ static const char *const kind_names[TG_CHAOS_KIND_COUNT] = {
     "trainer_crash", "trainer_segv", "hang", "host_loss", "host_return",
     "drain", "coordinator_crash", "corrupt_replica", "lose_all_copies",
     "gpu_xid", "gpu_ecc", "gpu_lost", "nic_down", "etcd_member_crash",
-    "disk_full",
+    "disk_full", "gpu_thermal", "gpu_pcie", "gpu_row_remap",
 };
 
 /* Planned kinds (DESIGN.md, issue 6) that this cut refuses by name. */
 static const char *const unsupported_kinds[] = {
-    "gpu_row_remap", "gpu_thermal", "gpu_pcie",
     "nic_flap", "nic_errors", "network_partition", "slow_link",
     "silent_data_corruption", "nan_loss", "straggler",
 };
 
 const char *tg_chaos_kind_name(tg_chaos_kind kind) {
   return (unsigned)kind < TG_CHAOS_KIND_COUNT ? kind_names[kind] : "?";
+}
+
+int tg_chaos_kind_is_warning(tg_chaos_kind kind) {
+  return kind == TG_CHAOS_GPU_THERMAL || kind == TG_CHAOS_GPU_PCIE || kind == TG_CHAOS_GPU_ROW_REMAP;
 }
 
 int tg_chaos_kind_parse(const char *name) {
@@ -54,7 +57,10 @@ tg_chaos_target_type tg_chaos_kind_target(tg_chaos_kind kind) {
   case TG_CHAOS_GPU_XID:
   case TG_CHAOS_GPU_ECC:
   case TG_CHAOS_GPU_LOST:
-  case TG_CHAOS_NIC_DOWN: return TG_CHAOS_TARGET_NODE;
+  case TG_CHAOS_NIC_DOWN:
+  case TG_CHAOS_GPU_THERMAL:
+  case TG_CHAOS_GPU_PCIE:
+  case TG_CHAOS_GPU_ROW_REMAP: return TG_CHAOS_TARGET_NODE;
   default: return TG_CHAOS_TARGET_NONE;
   }
 }

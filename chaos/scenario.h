@@ -42,6 +42,9 @@ typedef enum {
   TG_CHAOS_NIC_DOWN,           /* the node's fake NIC eth0 loses carrier */
   TG_CHAOS_ETCD_MEMBER_CRASH,  /* SIGKILL the etcd leader (restarted once training went on) */
   TG_CHAOS_DISK_FULL,          /* fill the checkpoint filesystem (a tmpfs tg-chaos mounts); freed later */
+  TG_CHAOS_GPU_THERMAL,        /* a fake GPU at 92 C, thermally throttled (a WARNING); cooled later */
+  TG_CHAOS_GPU_PCIE,           /* a fake GPU's PCIe link down to x8 of x16 (a WARNING); restored later */
+  TG_CHAOS_GPU_ROW_REMAP,      /* a fake GPU with a memory row remapping pending (a WARNING); cleared later */
   TG_CHAOS_KIND_COUNT
 } tg_chaos_kind;
 
@@ -56,6 +59,10 @@ int tg_chaos_kind_parse(const char *name);
  * the scenario chooses (the leader; the nodes at positions 1 and 2). */
 typedef enum { TG_CHAOS_TARGET_TRAINER, TG_CHAOS_TARGET_NODE, TG_CHAOS_TARGET_NONE } tg_chaos_target_type;
 tg_chaos_target_type tg_chaos_kind_target(tg_chaos_kind kind);
+
+/* 1 for kinds whose fault the job must report but not act on (a WARNING:
+ * the node stays in the world, training never stops). */
+int tg_chaos_kind_is_warning(tg_chaos_kind kind);
 
 /* One fault of the timeline. Exactly one of at_step / at_ms is >= 0. */
 typedef struct {

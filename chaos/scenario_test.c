@@ -33,7 +33,7 @@ static void test_shipped_scenarios_parse(void **state) {
   (void)state;
   const char *names[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
                          "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak",
-                         "device_faults", "etcd_member_crash", "disk_full", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl"};
+                         "device_faults", "etcd_member_crash", "disk_full", "gpu_warnings", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char path[256], err[512];
     snprintf(path, sizeof path, "chaos/scenarios/%s.json", names[i]);
@@ -139,7 +139,7 @@ static void test_bad_input(void **state) {
   expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": []}}", "soak.kinds: must be");
   expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"hang\", \"hang\"]}}",
          "listed twice");
-  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"gpu_pcie\"]}}",
+  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"slow_link\"]}}",
          "not supported yet");
 }
 
