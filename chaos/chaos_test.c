@@ -7,7 +7,9 @@
  * job resumes from disk and the "no committed step lost" invariant reports
  * the loss), which shows the checks can fail. With `--scenario PATH
  * --expect-exit N` it runs one shipped scenario instead (BUILD.bazel's
- * scenario_<name>_test targets). Logs of each run are kept in
+ * scenario_<name>_test targets); `--netns` after them marks a scenario
+ * whose nodes run in network namespaces: skipped where those cannot be
+ * made (not root), unless TG_REQUIRE_NETNS=1. Logs of each run are kept in
  * $TEST_UNDECLARED_OUTPUTS_DIR when Bazel provides it. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +23,7 @@
 #include <cjson/cJSON.h>
 #include <cmocka.h>
 
+#include "tests/harness/netns.h"
 #include "tests/harness/proc.h"
 
 #define RUN_TIMEOUT_MS 300000
@@ -218,13 +221,23 @@ static int run_and_clean(int rc) {
 
 int main(int argc, char **argv) {
   if (tg_proc_temp_dir("chaos", tmp, sizeof tmp) != 0) return 1;
-  if (argc == 5 && strcmp(argv[1], "--scenario") == 0 && strcmp(argv[3], "--expect-exit") == 0) {
+  int netns = argc == 6 && strcmp(argv[5], "--netns") == 0;
+  if ((argc == 5 || netns) && strcmp(argv[1], "--scenario") == 0 && strcmp(argv[3], "--expect-exit") == 0) {
 #if defined(__SANITIZE_ADDRESS__)
     /* Whole scenarios take two to three times longer under the
      * sanitizers; chaos_test covers tg-chaos there. */
     printf("%s: skipped in the sanitizer build (run in the plain one)\n", argv[2]);
     return 0;
 #endif
+    char why[512];
+    if (netns && !tg_netns_available(why, sizeof why)) {
+      if (tg_netns_required()) {
+        fprintf(stderr, "%s: network namespaces are required here (TG_REQUIRE_NETNS=1): %s\n", argv[2], why);
+        return run_and_clean(1);
+      }
+      printf("%s: skipped: %s\n", argv[2], why);
+      return run_and_clean(0);
+    }
     shipped_path = argv[2];
     run_timeout_ms = SHIPPED_TIMEOUT_MS;
     shipped_exit = atoi(argv[4]);

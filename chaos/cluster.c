@@ -21,6 +21,7 @@
 
 #define MAX_ARGV 64
 #define STOP_MS 5000
+#define AGENT_PORT 7100 /* namespace mode: every host has its own ports */
 
 struct tg_chaos_cluster {
   tg_chaos_cluster_config cfg;
@@ -28,7 +29,7 @@ struct tg_chaos_cluster {
   tg_chaos_training_spec training;
   tg_chaos_bins bins;
   char job[TG_CKPT_JOB_ID_MAX];
-  char dir[512], etcd[256], params[768];
+  char dir[512], etcd[256], params[768], host[48];
   char coordinators[TG_CHAOS_MAX_COORDINATORS * 32];
   int ports[TG_CHAOS_MAX_COORDINATORS];
   tg_proc *coord[TG_CHAOS_MAX_COORDINATORS];
@@ -61,6 +62,12 @@ tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char 
   snprintf(c->dir, sizeof c->dir, "%s", cfg->dir);
   snprintf(c->etcd, sizeof c->etcd, "%s", cfg->etcd_endpoints);
   snprintf(c->params, sizeof c->params, "%s", cfg->params_out);
+  snprintf(c->host, sizeof c->host, "%s", cfg->host ? cfg->host : "127.0.0.1");
+  c->cfg.host = c->host;
+  if (cfg->net && tg_netns_size(cfg->net) < cfg->nodes) {
+    snprintf(err, errlen, "cluster: %d hosts for %d nodes", tg_netns_size(cfg->net), cfg->nodes);
+    goto err;
+  }
   c->cfg.job = c->job;
   c->cfg.dir = c->dir;
   c->cfg.etcd_endpoints = c->etcd;
@@ -104,7 +111,7 @@ tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char 
       goto err;
     }
     snprintf(c->coordinators + strlen(c->coordinators), sizeof c->coordinators - strlen(c->coordinators),
-             "%s127.0.0.1:%d", i ? "," : "", c->ports[i]);
+             "%s%s:%d", i ? "," : "", c->host, c->ports[i]);
   }
   return c;
 err:
@@ -149,9 +156,9 @@ int tg_chaos_cluster_start_coordinator(tg_chaos_cluster *c, int i, char *err, si
     return -1;
   }
   if (c->coord[i] && tg_proc_running(c->coord[i])) return 0;
-  char id[16], listen[32], min[16], max[16], slots[16], hb_interval[24], hb_timeout[24], log[700];
+  char id[16], listen[64], min[16], max[16], slots[16], hb_interval[24], hb_timeout[24], log[700];
   snprintf(id, sizeof id, "c%d", i);
-  snprintf(listen, sizeof listen, "127.0.0.1:%d", c->ports[i]);
+  snprintf(listen, sizeof listen, "%s:%d", c->host, c->ports[i]);
   snprintf(min, sizeof min, "%d", c->spec.min_nodes < c->cfg.max_nodes ? c->spec.min_nodes : c->cfg.max_nodes);
   snprintf(max, sizeof max, "%d", c->cfg.max_nodes);
   snprintf(slots, sizeof slots, "%d", c->spec.slots);
@@ -226,6 +233,12 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   argv[21] = "--fake-devices";
   argv[22] = fake;
   int n = 23;
+  char peer[64];
+  if (c->cfg.net) { /* the host's own address, where other agents reach it */
+    snprintf(peer, sizeof peer, "%s:%d", tg_netns_addr(c->cfg.net, node), AGENT_PORT);
+    argv[n++] = "--listen";
+    argv[n++] = peer;
+  }
   if (c->cfg.persist) {
     argv[n++] = "--ckpt-dir";
     argv[n++] = ckpt;
@@ -252,7 +265,8 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   }
   argv[n] = NULL;
   tg_proc_free(c->agent[node]);
-  c->agent[node] = tg_proc_start(argv, log, err, errlen);
+  c->agent[node] = c->cfg.net ? tg_netns_start(c->cfg.net, node, argv, log, err, errlen)
+                              : tg_proc_start(argv, log, err, errlen);
   return c->agent[node] ? 0 : -1;
 }
 
@@ -283,6 +297,26 @@ int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node) {
     if (trainers[s] > 0) kill(trainers[s], SIGKILL);
   tg_proc_wait(c->agent[node], STOP_MS, NULL);
   return 0;
+}
+
+static int set_link(tg_chaos_cluster *c, int node, int up, char *err, size_t errlen) {
+  if (!c->cfg.net) {
+    snprintf(err, errlen, "local processes share one network: only cluster.network \"namespaces\" has links");
+    return -1;
+  }
+  if (node < 0 || node >= c->cfg.nodes) {
+    snprintf(err, errlen, "no node %d", node);
+    return -1;
+  }
+  return up ? tg_netns_heal(c->cfg.net, node, err, errlen) : tg_netns_cut(c->cfg.net, node, err, errlen);
+}
+
+int tg_chaos_cluster_cut(tg_chaos_cluster *c, int node, char *err, size_t errlen) {
+  return set_link(c, node, 0, err, errlen);
+}
+
+int tg_chaos_cluster_heal(tg_chaos_cluster *c, int node, char *err, size_t errlen) {
+  return set_link(c, node, 1, err, errlen);
 }
 
 /* ------------------------------------------------------------ names */

@@ -5,9 +5,11 @@
  * of injection immediately before the act. */
 #include "chaos/inject.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "agent/ckpt/store.h"
@@ -16,6 +18,8 @@
 #include "common/clock/clock.h"
 
 #define MAX_KEYS 512
+#define NIC_FLAP_CHANGES 4 /* the agent's flap threshold: two down-up cycles within its window */
+#define NIC_ERRORS 100     /* ten times the agent's errors-per-window threshold */
 
 uint32_t tg_chaos_draw(tg_chaos_ctx *ctx, uint32_t n) {
   uint64_t z = (ctx->rng += 0x9E3779B97F4A7C15ULL); /* splitmix64 */
@@ -44,7 +48,7 @@ static size_t ranked_nodes(tg_chaos_ctx *ctx, const tg_chaos_status *st, int *ou
   size_t n = 0;
   for (size_t i = 0; i < st->n_nodes; i++) {
     int idx = tg_chaos_node_index(ctx->s, st->nodes[i]);
-    if (idx >= 0 && !ctx->lost[idx] && tg_chaos_cluster_agent_running(ctx->cluster, idx)) out[n++] = idx;
+    if (idx >= 0 && !ctx->lost[idx] && !ctx->cut[idx] && tg_chaos_cluster_agent_running(ctx->cluster, idx)) out[n++] = idx;
   }
   return n;
 }
@@ -220,6 +224,22 @@ static int lose_all_copies(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_
   return 0;
 }
 
+/* Adds `by` to a counter of the fake NIC eth0 (sysfs root `sys`): what
+ * a flapping link or a link corrupting frames leaves between two checks. */
+static int bump_counter(const char *sys, const char *file, uint64_t by) {
+  char path[900], text[32] = "";
+  snprintf(path, sizeof path, "%s/class/net/eth0/%s", sys, file);
+  FILE *in = fopen(path, "r");
+  if (!in) return -errno;
+  int ok = fgets(text, sizeof text, in) != NULL;
+  fclose(in);
+  char *end;
+  errno = 0;
+  unsigned long long v = ok ? strtoull(text, &end, 10) : 0;
+  if (!ok || errno || end == text) return -EINVAL;
+  return tg_nic_fake_set_u64(sys, "eth0", file, (uint64_t)v + by);
+}
+
 /* A fault in the node's fake devices (the agents run with --fake-devices):
  * its agent's health checks see it within their period, report it, and
  * mark the node unhealthy, so the world re-forms without it. The node
@@ -238,16 +258,37 @@ static int device_fault(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_sta
   case TG_CHAOS_GPU_XID: rc = tg_gpu_fake_inject_xid(dir, gpu, 79); break;
   case TG_CHAOS_GPU_ECC: rc = tg_gpu_fake_set_ecc(dir, gpu, 1); break;
   case TG_CHAOS_GPU_LOST: rc = tg_gpu_fake_set_lost(dir, gpu, 1); break;
+  case TG_CHAOS_NIC_FLAP: rc = bump_counter(sys, "carrier_changes", NIC_FLAP_CHANGES); break;
+  case TG_CHAOS_NIC_ERRORS: rc = bump_counter(sys, "statistics/rx_errors", NIC_ERRORS); break;
   default:
     rc = tg_nic_fake_set(sys, "eth0", "carrier", "0");
     if (rc == 0) rc = tg_nic_fake_set(sys, "eth0", "operstate", "down");
     break;
   }
   if (rc != 0) return skip(f, "cannot write %s's fake devices in %s: %s", f->node, dir, strerror(rc < 0 ? -rc : rc));
-  if (f->spec.kind == TG_CHAOS_NIC_DOWN)
-    snprintf(f->note, sizeof f->note, "eth0 down");
-  else
-    snprintf(f->note, sizeof f->note, "gpu%u", gpu);
+  switch (f->spec.kind) {
+  case TG_CHAOS_NIC_DOWN: snprintf(f->note, sizeof f->note, "eth0 down"); break;
+  case TG_CHAOS_NIC_FLAP:
+    snprintf(f->note, sizeof f->note, "eth0 carrier_changes +%d (two down-up cycles between checks)", NIC_FLAP_CHANGES);
+    break;
+  case TG_CHAOS_NIC_ERRORS: snprintf(f->note, sizeof f->note, "eth0 rx_errors +%d", NIC_ERRORS); break;
+  default: snprintf(f->note, sizeof f->note, "gpu%u", gpu); break;
+  }
+  return 0;
+}
+
+/* The node's host is cut off: both ends of its link go down, so its
+ * agent's heartbeats and its ranks' traffic go nowhere while every
+ * process keeps running. The coordinator loses the node on the heartbeat
+ * timeout; the link comes back once the job recovered (measure.c). */
+static int network_partition(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  int idx = resolve_node(ctx, f, st);
+  if (idx < 0) return -1;
+  char err[256];
+  stamp(f);
+  if (tg_chaos_cluster_cut(ctx->cluster, idx, err, sizeof err) != 0) return skip(f, "cannot cut %s: %s", f->node, err);
+  ctx->cut[idx] = 1;
+  snprintf(f->note, sizeof f->note, "%s's link cut", f->node);
   return 0;
 }
 
@@ -289,8 +330,11 @@ int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   case TG_CHAOS_GPU_XID:
   case TG_CHAOS_GPU_ECC:
   case TG_CHAOS_GPU_LOST:
-  case TG_CHAOS_NIC_DOWN: return device_fault(ctx, f, &st);
+  case TG_CHAOS_NIC_DOWN:
+  case TG_CHAOS_NIC_FLAP:
+  case TG_CHAOS_NIC_ERRORS: return device_fault(ctx, f, &st);
   case TG_CHAOS_ETCD_MEMBER_CRASH: return etcd_member_crash(ctx, f);
+  case TG_CHAOS_NETWORK_PARTITION: return network_partition(ctx, f, &st);
   default: return skip(f, "unknown kind");
   }
 }
@@ -311,7 +355,10 @@ int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind) {
   case TG_CHAOS_GPU_XID:
   case TG_CHAOS_GPU_ECC:
   case TG_CHAOS_GPU_LOST:
-  case TG_CHAOS_NIC_DOWN: return ranked > 0 && ranked == st.n_nodes && (st.n_nodes - 1 >= min || spares > 0);
+  case TG_CHAOS_NIC_DOWN:
+  case TG_CHAOS_NETWORK_PARTITION: return ranked > 0 && ranked == st.n_nodes && (st.n_nodes - 1 >= min || spares > 0);
+  case TG_CHAOS_NIC_FLAP:
+  case TG_CHAOS_NIC_ERRORS: return ranked > 0;
   case TG_CHAOS_HOST_RETURN:
     for (int i = 0; i < tg_chaos_cluster_nodes(ctx->cluster); i++)
       if (ctx->lost[i]) return 1;

@@ -18,6 +18,11 @@
 /* Slack for "after the injection" (the same clock, but a record's time is
  * taken on another thread). */
 #define CLOCK_SLACK_MS 20
+/* How often a warning's fault record is looked for (a tgctl call each). */
+#define WARNING_LOG_PERIOD_MS 500
+/* A warning counts as recovered once this many steps were logged after
+ * its injection: training went on. */
+#define WARNING_STEPS 3
 
 static void add_note(tg_chaos_fault *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void add_note(tg_chaos_fault *f, const char *fmt, ...) {
@@ -37,12 +42,15 @@ static const char *expected_record(tg_chaos_kind kind) {
   case TG_CHAOS_TRAINER_SEGV: return "TRAINER_EXIT";
   case TG_CHAOS_HANG: return "HANG";
   case TG_CHAOS_HOST_LOSS:
-  case TG_CHAOS_LOSE_ALL_COPIES: return "NODE_LOST";
+  case TG_CHAOS_LOSE_ALL_COPIES:
+  case TG_CHAOS_NETWORK_PARTITION: return "NODE_LOST";
   case TG_CHAOS_CORRUPT_REPLICA: return "CHECKPOINT_CORRUPT";
   case TG_CHAOS_GPU_XID: return "GPU_XID";
   case TG_CHAOS_GPU_ECC: return "GPU_ECC";
   case TG_CHAOS_GPU_LOST: return "GPU_LOST";
   case TG_CHAOS_NIC_DOWN: return "NIC_DOWN";
+  case TG_CHAOS_NIC_FLAP: return "NIC_FLAP";
+  case TG_CHAOS_NIC_ERRORS: return "NIC_ERRORS";
   default: return NULL;
   }
 }
@@ -121,6 +129,36 @@ static void world_formed(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   }
 }
 
+/* The partitioned node's link comes back once the job has recovered
+ * without it (or gave up): its agent's next heartbeat reaches the
+ * coordinator, which no longer counts the node; the agent registers again
+ * and waits as a spare, or holds ranks in the next world that grows.
+ * Its trainers, stuck in the old world, are aborted by the newer
+ * generation and rejoin with their agent. */
+static void heal(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  if (f->spec.kind != TG_CHAOS_NETWORK_PARTITION || f->healed) return;
+  int idx = tg_chaos_node_index(ctx->s, f->node);
+  char err[256];
+  f->healed = 1;
+  if (tg_chaos_cluster_heal(ctx->cluster, idx, err, sizeof err) != 0) {
+    add_note(f, "cannot heal %s: %s", f->node, err);
+    return;
+  }
+  ctx->cut[idx] = 0;
+  add_note(f, "healed after recovery (it re-registers: a spare, or ranks when the world grows)");
+}
+
+/* nic_flap and nic_errors are WARNINGs: the agent reports them, the node
+ * stays healthy and nothing re-forms. Recovered: the fault log holds the
+ * record (read every WARNING_LOG_PERIOD_MS) and training went on. */
+static int warning_reported(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  if (!f->detected && tg_clock_mono_ms() >= f->next_log_read_mono_ms) {
+    f->next_log_read_mono_ms = tg_clock_mono_ms() + WARNING_LOG_PERIOD_MS;
+    tg_chaos_match_fault_log(ctx, f, 1);
+  }
+  return f->detected && tg_chaos_watch_max_step(ctx->watch) >= f->step_at_injection + WARNING_STEPS;
+}
+
 int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   if (f->state != TG_CHAOS_IN_FLIGHT) return 1;
   tg_chaos_status st;
@@ -133,6 +171,12 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   const tg_chaos_generation *g = recovered_world(ctx, f);
   if (g) {
     resumed_in(ctx, f, g);
+    heal(ctx, f);
+    return 1;
+  }
+  if ((f->spec.kind == TG_CHAOS_NIC_FLAP || f->spec.kind == TG_CHAOS_NIC_ERRORS) && warning_reported(ctx, f)) {
+    kept_world(f, tg_clock_unix_ms());
+    add_note(f, "a WARNING: reported, training never stopped");
     return 1;
   }
   if (f->spec.kind == TG_CHAOS_COORDINATOR_CRASH && f->detected &&
@@ -168,6 +212,7 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   if (tg_clock_mono_ms() - f->injected_mono_ms > ctx->s->recovery_timeout_s * 1000) {
     f->state = TG_CHAOS_NOT_RECOVERED;
     add_note(f, "no recovery within %llds", (long long)ctx->s->recovery_timeout_s);
+    heal(ctx, f);
     return 1;
   }
   return 0;

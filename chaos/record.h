@@ -41,6 +41,8 @@ typedef struct {
   char coordinator[TG_CHAOS_NAME_MAX]; /* coordinator_crash: the leader killed */
   int etcd_member;                  /* etcd_member_crash: the member killed; -1: none */
   int expect_new_world;             /* host_return: 1 when the world should grow */
+  int healed;                       /* network_partition: the link is up again */
+  int64_t next_log_read_mono_ms;    /* nic_flap, nic_errors: when to read the fault log again */
 
   /* At injection. */
   int64_t injected_unix_ms, injected_mono_ms;
@@ -118,6 +120,7 @@ typedef struct {
   uint64_t rng;
   int lost[TG_CHAOS_MAX_NODES];     /* killed by a fault and not returned */
   int drained[TG_CHAOS_MAX_NODES];
+  int cut[TG_CHAOS_MAX_NODES];      /* network_partition: its link is down */
 } tg_chaos_ctx;
 
 #endif

@@ -33,6 +33,8 @@ typedef struct {
   tg_chaos_result *res;
   char dir[256];
   tg_etcd_cluster *etcd;
+  tg_netns *net;    /* namespace mode: one host per node, and the uplink */
+  const char *host; /* where etcd and the coordinators listen: 127.0.0.1 or the uplink */
 } run_state;
 
 static int stopping(const run_state *r) { return r->o->stop && *r->o->stop; }
@@ -86,7 +88,7 @@ static int run_command(const char *const *argv) {
 
 static tg_chaos_cluster *new_cluster(run_state *r, const char *job, const char *dir, int nodes, int max_nodes,
                                      int coordinators, int persist, const tg_chaos_cluster_spec *spec,
-                                     const char *params) {
+                                     const char *params, tg_netns *net) {
   char err[512];
   if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
     setup_error(r, "%s: %s", dir, strerror(errno));
@@ -95,10 +97,28 @@ static tg_chaos_cluster *new_cluster(run_state *r, const char *job, const char *
   tg_chaos_cluster_config cfg = {.job = job, .dir = dir, .etcd_endpoints = tg_etcd_cluster_endpoints(r->etcd),
                                  .bins = r->o->bins, .nodes = nodes, .max_nodes = max_nodes,
                                  .coordinators = coordinators, .persist = persist, .spec = spec,
-                                 .training = &r->o->scenario->training, .params_out = params};
+                                 .training = &r->o->scenario->training, .params_out = params, .net = net,
+                                 .host = r->host};
   tg_chaos_cluster *c = tg_chaos_cluster_new(&cfg, err, sizeof err);
   if (!c) setup_error(r, "%s", err);
   return c;
+}
+
+/* Namespace mode: a host per node, joined by a bridge, and an uplink
+ * from this namespace, where etcd, the coordinators and tg-chaos itself
+ * stay. Refused with the reason where namespaces cannot be made. */
+static int start_network(run_state *r) {
+  const tg_chaos_scenario *s = r->o->scenario;
+  char why[512];
+  if (!tg_netns_available(why, sizeof why))
+    return setup_error(r, "cluster.network \"namespaces\": %s", why);
+  r->net = tg_netns_new(s->cluster.agents + s->cluster.spares, why, sizeof why);
+  if (!r->net) return setup_error(r, "cluster.network \"namespaces\": %s", why);
+  r->host = tg_netns_uplink(r->net, why, sizeof why);
+  if (!r->host) return setup_error(r, "cluster.network \"namespaces\": uplink: %s", why);
+  TG_INFO("network: %d hosts %s..%s, etcd and coordinators on %s", tg_netns_size(r->net), tg_netns_addr(r->net, 0),
+          tg_netns_addr(r->net, tg_netns_size(r->net) - 1), r->host);
+  return 0;
 }
 
 /* Waits until cond(arg) holds; 0, or -1 past timeout_ms or on a stop. */
@@ -140,7 +160,9 @@ static int run_reference(run_state *r) {
   tg_chaos_cluster_spec spec = s->cluster;
   spec.min_nodes = 1;
   int64_t t0 = tg_clock_mono_ms();
-  tg_chaos_cluster *c = new_cluster(r, job, dir, 1, 1, 1, 0, &spec, res->reference_params);
+  /* Local processes whatever the mode: the parameters do not depend on
+   * where the ranks run. */
+  tg_chaos_cluster *c = new_cluster(r, job, dir, 1, 1, 1, 0, &spec, res->reference_params, NULL);
   if (!c) return -1;
   TG_INFO("reference: training %lld steps without faults on 1 node x %d slots (job %s)",
           (long long)s->training.steps, s->cluster.slots, job);
@@ -420,7 +442,7 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
   snprintf(res->scenario_path, sizeof res->scenario_path, "%s", o->scenario_path);
   res->started_unix_ms = tg_clock_unix_ms();
   snprintf(res->job, sizeof res->job, "chaos-%d-%lld", (int)getpid(), (long long)(res->started_unix_ms % 1000000000));
-  run_state r = {.o = o, .res = res};
+  run_state r = {.o = o, .res = res, .host = "127.0.0.1"};
   tg_chaos_ctx ctx = {.s = s, .rng = s->seed};
   char err[512];
   int ran = 0;
@@ -433,7 +455,9 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
     goto out;
   }
   TG_INFO("scenario %s: run directory %s", s->name, r.dir);
-  r.etcd = tg_etcd_cluster_start(s->cluster.etcd_members, err, sizeof err);
+  if (s->cluster.namespaces && start_network(&r) != 0) goto out;
+  tg_etcd_cluster_opts eo = {.members = s->cluster.etcd_members, .client_host = r.host};
+  r.etcd = tg_etcd_cluster_start_opts(&eo, err, sizeof err);
   if (!r.etcd) {
     setup_error(&r, "etcd: %s", err);
     goto out;
@@ -442,7 +466,7 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
 
   snprintf(res->params, sizeof res->params, "%s/chaos.params", r.dir);
   ctx.cluster = new_cluster(&r, res->job, r.dir, s->cluster.agents + s->cluster.spares, s->cluster.agents,
-                            s->cluster.coordinators, 1, &s->cluster, res->params);
+                            s->cluster.coordinators, 1, &s->cluster, res->params, r.net);
   if (!ctx.cluster) goto out;
   ctx.etcd = r.etcd;
   ctx.watch = tg_chaos_watch_new(ctx.cluster);
@@ -477,6 +501,7 @@ out:
   }
   tg_chaos_poller_stop(ctx.poller);
   tg_chaos_cluster_free(ctx.cluster);
+  tg_netns_free(r.net); /* after the processes that ran there */
   if (ran && !res->interrupted)
     tg_chaos_check_invariants(&ctx, res, res->params, res->reference_params);
   tg_chaos_watch_free(ctx.watch);

@@ -20,12 +20,13 @@ static const char *const kind_names[TG_CHAOS_KIND_COUNT] = {
     "trainer_crash", "trainer_segv", "hang", "host_loss", "host_return",
     "drain", "coordinator_crash", "corrupt_replica", "lose_all_copies",
     "gpu_xid", "gpu_ecc", "gpu_lost", "nic_down", "etcd_member_crash",
+    "network_partition", "nic_flap", "nic_errors",
 };
 
 /* Planned kinds (DESIGN.md, issue 6) that this cut refuses by name. */
 static const char *const unsupported_kinds[] = {
     "gpu_row_remap", "gpu_thermal", "gpu_pcie",
-    "nic_flap", "nic_errors", "network_partition", "slow_link",
+    "slow_link",
     "disk_full", "silent_data_corruption", "nan_loss", "straggler",
 };
 
@@ -53,7 +54,10 @@ tg_chaos_target_type tg_chaos_kind_target(tg_chaos_kind kind) {
   case TG_CHAOS_GPU_XID:
   case TG_CHAOS_GPU_ECC:
   case TG_CHAOS_GPU_LOST:
-  case TG_CHAOS_NIC_DOWN: return TG_CHAOS_TARGET_NODE;
+  case TG_CHAOS_NIC_DOWN:
+  case TG_CHAOS_NETWORK_PARTITION:
+  case TG_CHAOS_NIC_FLAP:
+  case TG_CHAOS_NIC_ERRORS: return TG_CHAOS_TARGET_NODE;
   default: return TG_CHAOS_TARGET_NONE;
   }
 }
@@ -188,7 +192,7 @@ static int get_kind(const cJSON *item, const char *path, tg_chaos_kind *out, cha
 static int parse_cluster(const cJSON *c, tg_chaos_cluster_spec *cl, char *err, size_t errlen) {
   static const char *const fields[] = {"agents", "slots", "spares", "coordinators", "min_nodes",
                                        "heartbeat_timeout_ms", "persist_every", "hang_floor_ms", "ckpt_mib",
-                                       "etcd_members", NULL};
+                                       "etcd_members", "network", NULL};
   if (!c) return fail(err, errlen, "cluster: missing (an object with at least \"agents\")");
   if (check_fields(c, "cluster", fields, err, errlen) != 0 ||
       get_int32(c, "cluster", "agents", 1, TG_CHAOS_MAX_AGENTS, 1, 0, &cl->agents, err, errlen) != 0 ||
@@ -204,6 +208,14 @@ static int parse_cluster(const cJSON *c, tg_chaos_cluster_spec *cl, char *err, s
       get_int(c, "cluster", "ckpt_mib", 1, 4096, 0, 32, &cl->ckpt_mib, err, errlen) != 0 ||
       get_int32(c, "cluster", "etcd_members", 1, 5, 0, 1, &cl->etcd_members, err, errlen) != 0)
     return -1;
+  char network[16];
+  if (get_string(c, "cluster", "network", 0, network, sizeof network, err, errlen) != 0) return -1;
+  if (network[0] && strcmp(network, "local") != 0 && strcmp(network, "namespaces") != 0)
+    return fail(err, errlen, "cluster.network: expected \"local\" or \"namespaces\", got \"%s\"", network);
+  cl->namespaces = strcmp(network, "namespaces") == 0;
+  if (cl->namespaces && cl->agents + cl->spares > TG_CHAOS_MAX_NETNS_NODES)
+    return fail(err, errlen, "cluster.network: \"namespaces\" puts every node on a host of its own, at most %d "
+                "(agents + spares), got %d", TG_CHAOS_MAX_NETNS_NODES, cl->agents + cl->spares);
   return 0;
 }
 
@@ -242,6 +254,9 @@ static int kind_fits(const tg_chaos_scenario *s, tg_chaos_kind kind, const char 
   const tg_chaos_cluster_spec *c = &s->cluster;
   if (kind == TG_CHAOS_ETCD_MEMBER_CRASH && c->etcd_members < 3)
     return fail(err, errlen, "%s: etcd_member_crash needs cluster.etcd_members >= 3 (a quorum without it)", path);
+  if (kind == TG_CHAOS_NETWORK_PARTITION && !c->namespaces)
+    return fail(err, errlen, "%s: network_partition needs cluster.network \"namespaces\" (every node on a host of "
+                "its own); local processes share one network", path);
   if (kind == TG_CHAOS_COORDINATOR_CRASH && c->coordinators < 2)
     return fail(err, errlen, "%s: coordinator_crash needs cluster.coordinators >= 2 (a standby to take over)", path);
   if (kind == TG_CHAOS_LOSE_ALL_COPIES) {

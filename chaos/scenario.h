@@ -23,6 +23,7 @@
 #define TG_CHAOS_MAX_RANKS (TG_CHAOS_MAX_NODES * TG_CHAOS_MAX_SLOTS)
 #define TG_CHAOS_MAX_COORDINATORS 3
 #define TG_CHAOS_MAX_FAULTS 256
+#define TG_CHAOS_MAX_NETNS_NODES 16 /* hosts of one tests/harness/netns cluster */
 #define TG_CHAOS_NAME_MAX 64
 
 /* The fault kinds this cut injects. */
@@ -41,6 +42,9 @@ typedef enum {
   TG_CHAOS_GPU_LOST,           /* one of a node's fake GPUs stops answering (lost) */
   TG_CHAOS_NIC_DOWN,           /* the node's fake NIC eth0 loses carrier */
   TG_CHAOS_ETCD_MEMBER_CRASH,  /* SIGKILL the etcd leader (restarted once training went on) */
+  TG_CHAOS_NETWORK_PARTITION,  /* cut a node's host off the network (namespaces), healed after recovery */
+  TG_CHAOS_NIC_FLAP,           /* the node's fake NIC eth0 flaps (carrier_changes +4): a WARNING */
+  TG_CHAOS_NIC_ERRORS,         /* the node's fake NIC eth0 counts 100 rx errors: a WARNING */
   TG_CHAOS_KIND_COUNT
 } tg_chaos_kind;
 
@@ -77,6 +81,7 @@ typedef struct {
   int64_t hang_floor_ms; /* the agents' shortest hang timeout */
   int64_t ckpt_mib;      /* each node's in-memory checkpoint store */
   int etcd_members;      /* members of the job's etcd cluster */
+  int namespaces;        /* cluster.network "namespaces": every node on a host of its own (root) */
 } tg_chaos_cluster_spec;
 
 /* Passed to tg-train (same names as its flags). */
