@@ -23,6 +23,9 @@
 /* A warning counts as recovered once this many steps were logged after
  * its injection: training went on. */
 #define WARNING_STEPS 3
+/* A healed node's agent reaches the coordinator within a heartbeat or
+ * two; this bounds the wait for it to say so. */
+#define REJOIN_TIMEOUT_MS 20000
 
 static void add_note(tg_chaos_fault *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void add_note(tg_chaos_fault *f, const char *fmt, ...) {
@@ -145,7 +148,30 @@ static void heal(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
     return;
   }
   ctx->cut[idx] = 0;
-  add_note(f, "healed after recovery (it re-registers: a spare, or ranks when the world grows)");
+  f->agent_lines_before = tg_chaos_watch_agent_lines(ctx->watch, idx);
+  f->healed_mono_ms = tg_clock_mono_ms();
+  add_note(f, "healed after recovery");
+}
+
+/* After the heal, the fault stays in flight (already recovered) until
+ * the node's agent logs the world it came back to, so the next fault
+ * meets a settled job and the report says how the node returned. */
+static int rejoined(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  int idx = tg_chaos_node_index(ctx->s, f->node);
+  if (tg_chaos_watch_agent_lines(ctx->watch, idx) > f->agent_lines_before) {
+    uint64_t gen;
+    int holds;
+    int64_t at;
+    tg_chaos_watch_agent_last(ctx->watch, idx, &gen, &holds, &at);
+    add_note(f, "%s rejoined generation %llu %s", f->node, (unsigned long long)gen,
+             holds ? "holding ranks" : "as a spare");
+    return 1;
+  }
+  if (tg_clock_mono_ms() - f->healed_mono_ms > REJOIN_TIMEOUT_MS) {
+    add_note(f, "%s logged no world within %d s of the heal", f->node, REJOIN_TIMEOUT_MS / 1000);
+    return 1;
+  }
+  return 0;
 }
 
 /* nic_flap and nic_errors are WARNINGs: the agent reports them, the node
@@ -160,6 +186,7 @@ static int warning_reported(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
 }
 
 int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  if (f->healed && f->healed_mono_ms) return rejoined(ctx, f);
   if (f->state != TG_CHAOS_IN_FLIGHT) return 1;
   tg_chaos_status st;
   tg_chaos_poller_get(ctx->poller, &st);
@@ -172,7 +199,7 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   if (g) {
     resumed_in(ctx, f, g);
     heal(ctx, f);
-    return 1;
+    return !f->healed_mono_ms;
   }
   if ((f->spec.kind == TG_CHAOS_NIC_FLAP || f->spec.kind == TG_CHAOS_NIC_ERRORS) && warning_reported(ctx, f)) {
     kept_world(f, tg_clock_unix_ms());

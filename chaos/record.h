@@ -41,7 +41,8 @@ typedef struct {
   char coordinator[TG_CHAOS_NAME_MAX]; /* coordinator_crash: the leader killed */
   int etcd_member;                  /* etcd_member_crash: the member killed; -1: none */
   int expect_new_world;             /* host_return: 1 when the world should grow */
-  int healed;                       /* network_partition: the link is up again */
+  int healed;                       /* network_partition: the link is up again (or could not be) */
+  int64_t healed_mono_ms;           /* when it came up; 0: not (yet) */
   int64_t next_log_read_mono_ms;    /* nic_flap, nic_errors: when to read the fault log again */
 
   /* At injection. */
@@ -51,7 +52,7 @@ typedef struct {
   uint64_t generation_before;       /* newest world its trainers had joined */
   uint32_t world_before;
   size_t nodes_before;              /* nodes in the world (status) */
-  uint64_t agent_lines_before;      /* host_return: lines in the node's agent log */
+  uint64_t agent_lines_before;      /* host_return, network_partition: lines in the node's agent log */
 
   /* Detection. */
   int detected;
