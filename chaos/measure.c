@@ -153,20 +153,26 @@ static void heal(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   add_note(f, "healed after recovery");
 }
 
+/* 1 once f's node's agent logged a world after f->agent_lines_before
+ * lines (it came back: as a spare or holding ranks, said in the note), with
+ * that line's time in *at. */
+static int agent_logged_world(tg_chaos_ctx *ctx, tg_chaos_fault *f, int64_t *at) {
+  int idx = tg_chaos_node_index(ctx->s, f->node);
+  if (tg_chaos_watch_agent_lines(ctx->watch, idx) <= f->agent_lines_before) return 0;
+  uint64_t gen;
+  int holds;
+  int64_t when;
+  tg_chaos_watch_agent_last(ctx->watch, idx, &gen, &holds, &when);
+  add_note(f, "%s rejoined generation %llu %s", f->node, (unsigned long long)gen, holds ? "holding ranks" : "as a spare");
+  if (at) *at = when;
+  return 1;
+}
+
 /* After the heal, the fault stays in flight (already recovered) until
  * the node's agent logs the world it came back to, so the next fault
  * meets a settled job and the report says how the node returned. */
 static int rejoined(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
-  int idx = tg_chaos_node_index(ctx->s, f->node);
-  if (tg_chaos_watch_agent_lines(ctx->watch, idx) > f->agent_lines_before) {
-    uint64_t gen;
-    int holds;
-    int64_t at;
-    tg_chaos_watch_agent_last(ctx->watch, idx, &gen, &holds, &at);
-    add_note(f, "%s rejoined generation %llu %s", f->node, (unsigned long long)gen,
-             holds ? "holding ranks" : "as a spare");
-    return 1;
-  }
+  if (agent_logged_world(ctx, f, NULL)) return 1;
   if (tg_clock_mono_ms() - f->healed_mono_ms > REJOIN_TIMEOUT_MS) {
     add_note(f, "%s logged no world within %d s of the heal", f->node, REJOIN_TIMEOUT_MS / 1000);
     return 1;
@@ -224,15 +230,8 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
       add_note(f, "cannot restart etcd member %d: %s", f->etcd_member, err);
     return 1;
   }
-  int idx = tg_chaos_node_index(ctx->s, f->node);
-  if (f->spec.kind == TG_CHAOS_HOST_RETURN && !f->expect_new_world &&
-      tg_chaos_watch_agent_lines(ctx->watch, idx) > f->agent_lines_before) {
-    uint64_t gen;
-    int holds;
-    int64_t at;
-    tg_chaos_watch_agent_last(ctx->watch, idx, &gen, &holds, &at);
-    add_note(f, "%s rejoined generation %llu %s", f->node, (unsigned long long)gen,
-             holds ? "holding ranks" : "as a spare");
+  int64_t at;
+  if (f->spec.kind == TG_CHAOS_HOST_RETURN && !f->expect_new_world && agent_logged_world(ctx, f, &at)) {
     kept_world(f, at);
     return 1;
   }
