@@ -48,7 +48,8 @@ static size_t ranked_nodes(tg_chaos_ctx *ctx, const tg_chaos_status *st, int *ou
   size_t n = 0;
   for (size_t i = 0; i < st->n_nodes; i++) {
     int idx = tg_chaos_node_index(ctx->s, st->nodes[i]);
-    if (idx >= 0 && !ctx->lost[idx] && !ctx->cut[idx] && tg_chaos_cluster_agent_running(ctx->cluster, idx)) out[n++] = idx;
+    if (idx >= 0 && !ctx->lost[idx] && !ctx->cut[idx] && tg_chaos_cluster_agent_running(ctx->cluster, idx))
+      out[n++] = idx;
   }
   return n;
 }
