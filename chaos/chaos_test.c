@@ -182,11 +182,11 @@ static void test_help_and_bad_input(void **state) {
   FILE *f = fopen(path, "w");
   assert_non_null(f);
   fputs("{\"name\": \"bad\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 50},"
-        " \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\"}]}", f);
+        " \"faults\": [{\"at_step\": 5, \"kind\": \"disk_full\"}]}", f);
   fclose(f);
   const char *bad[] = {"run", path, NULL};
   assert_int_equal(tg_chaos(bad), 2);
-  assert_non_null(strstr(output, "faults[0].kind: kind \"slow_link\" is not supported yet"));
+  assert_non_null(strstr(output, "faults[0].kind: kind \"disk_full\" is not supported yet"));
   const char *check[] = {"check", "chaos/testdata/trainer_crash_small.json", NULL};
   assert_int_equal(tg_chaos(check), 0);
 }

@@ -17,6 +17,7 @@
 #include "agent/ckpt/store.h"
 #include "agent/health/gpu_fake.h"
 #include "agent/health/nic_fake.h"
+#include "chaos/proxy.h"
 #include "tests/harness/proc.h"
 
 #define MAX_ARGV 64
@@ -35,12 +36,34 @@ struct tg_chaos_cluster {
   tg_proc *coord[TG_CHAOS_MAX_COORDINATORS];
   tg_proc *agent[TG_CHAOS_MAX_NODES];
   char node_ids[TG_CHAOS_MAX_NODES][16];
+  /* With slow links: each node's own route to every coordinator. */
+  tg_chaos_proxy *proxy;
+  int routes[TG_CHAOS_MAX_NODES][TG_CHAOS_MAX_COORDINATORS];
+  char node_coordinators[TG_CHAOS_MAX_NODES][TG_CHAOS_MAX_COORDINATORS * 32];
 };
 
 static int make_dir(const char *path, char *err, size_t errlen) {
   if (mkdir(path, 0755) == 0 || errno == EEXIST) return 0;
   snprintf(err, errlen, "%s: %s", path, strerror(errno));
   return -1;
+}
+
+/* A route per (node, coordinator); node i's agent is given its own
+ * routes' addresses instead of the coordinators'. */
+static int start_proxy(tg_chaos_cluster *c, char *err, size_t errlen) {
+  c->proxy = tg_chaos_proxy_new(err, errlen);
+  if (!c->proxy) return -1;
+  for (int i = 0; i < c->cfg.nodes; i++) {
+    char *list = c->node_coordinators[i];
+    for (int j = 0; j < c->cfg.coordinators; j++) {
+      int port;
+      c->routes[i][j] = tg_chaos_proxy_add(c->proxy, c->host, c->host, c->ports[j], &port, err, errlen);
+      if (c->routes[i][j] < 0) return -1;
+      snprintf(list + strlen(list), sizeof c->node_coordinators[i] - strlen(list), "%s%s:%d", j ? "," : "", c->host,
+               port);
+    }
+  }
+  return tg_chaos_proxy_start(c->proxy, err, errlen);
 }
 
 tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char *err, size_t errlen) {
@@ -113,8 +136,10 @@ tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char 
     snprintf(c->coordinators + strlen(c->coordinators), sizeof c->coordinators - strlen(c->coordinators),
              "%s%s:%d", i ? "," : "", c->host, c->ports[i]);
   }
+  if (cfg->slow_links && start_proxy(c, err, errlen) != 0) goto err;
   return c;
 err:
+  tg_chaos_proxy_free(c->proxy);
   free(c);
   return NULL;
 }
@@ -137,6 +162,7 @@ void tg_chaos_cluster_free(tg_chaos_cluster *c) {
   if (!c) return;
   stop_all(c->agent, c->cfg.nodes);
   stop_all(c->coord, c->cfg.coordinators);
+  tg_chaos_proxy_free(c->proxy);
   /* Agents killed on purpose (and trainers) leave their regions behind. */
   for (int i = 0; i < c->cfg.nodes; i++) {
     char name[160];
@@ -225,7 +251,8 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   snprintf(batch, sizeof batch, "%lld", (long long)t->batch);
   snprintf(micro, sizeof micro, "%lld", (long long)t->micro);
   snprintf(seed, sizeof seed, "%lld", (long long)t->seed);
-  const char *argv[MAX_ARGV] = {c->bins.agent, "--node", id, "--job", c->job, "--coordinators", c->coordinators,
+  const char *coordinators = c->proxy ? c->node_coordinators[node] : c->coordinators;
+  const char *argv[MAX_ARGV] = {c->bins.agent, "--node", id, "--job", c->job, "--coordinators", coordinators,
                                 "--socket", sock, "--slots", slots, "--log-dir", logs, "--ckpt-mib", mib,
                                 "--hang-floor-ms", hang, "--restart-max", "64", "--log-level", "info"};
   char fake[800];
@@ -309,6 +336,19 @@ static int set_link(tg_chaos_cluster *c, int node, int up, char *err, size_t err
     return -1;
   }
   return up ? tg_netns_heal(c->cfg.net, node, err, errlen) : tg_netns_cut(c->cfg.net, node, err, errlen);
+}
+
+int tg_chaos_cluster_slow_link(tg_chaos_cluster *c, int node, int64_t delay_ms, char *err, size_t errlen) {
+  if (!c->proxy) {
+    snprintf(err, errlen, "the agents were started without the slow-link proxy");
+    return -1;
+  }
+  if (node < 0 || node >= c->cfg.nodes) {
+    snprintf(err, errlen, "no node %d", node);
+    return -1;
+  }
+  for (int j = 0; j < c->cfg.coordinators; j++) tg_chaos_proxy_set_delay(c->proxy, c->routes[node][j], delay_ms);
+  return 0;
 }
 
 int tg_chaos_cluster_cut(tg_chaos_cluster *c, int node, char *err, size_t errlen) {

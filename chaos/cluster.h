@@ -50,6 +50,9 @@ typedef struct {
    * 127.0.0.1. The caller owns net and frees it after the cluster. */
   tg_netns *net;
   const char *host;           /* the coordinators' address; NULL: 127.0.0.1 */
+  /* 1: every agent reaches each coordinator through a route of a slow-link
+   * proxy (chaos/proxy.h), fast until tg_chaos_cluster_slow_link. */
+  int slow_links;
 } tg_chaos_cluster_config;
 
 typedef struct tg_chaos_cluster tg_chaos_cluster;
@@ -87,6 +90,10 @@ void tg_chaos_cluster_fake_devices(const tg_chaos_cluster *c, int node, char *ou
  * mode). */
 int tg_chaos_cluster_cut(tg_chaos_cluster *c, int node, char *err, size_t errlen);
 int tg_chaos_cluster_heal(tg_chaos_cluster *c, int node, char *err, size_t errlen);
+
+/* With cfg.slow_links: holds every byte between the node's agent and the
+ * coordinators for delay_ms (0: fast again). -1 with a reason. */
+int tg_chaos_cluster_slow_link(tg_chaos_cluster *c, int node, int64_t delay_ms, char *err, size_t errlen);
 
 /* SIGKILLs the agent and then its trainers, as when a host dies. */
 int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node);

@@ -225,6 +225,24 @@ static int lose_all_copies(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_
   return 0;
 }
 
+/* Every byte between the node's agent and the coordinators is held for
+ * delay_ms by tg-chaos's proxy (the agents were started behind it): its
+ * registration, heartbeats and fault reports arrive late. Below the
+ * heartbeat timeout that is tolerated; above it the node is lost. The
+ * link is fast again when the fault ends (measure.c). */
+static int slow_link(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  int idx = resolve_node(ctx, f, st);
+  if (idx < 0) return -1;
+  char err[256];
+  stamp(f);
+  if (tg_chaos_cluster_slow_link(ctx->cluster, idx, f->spec.delay_ms, err, sizeof err) != 0)
+    return skip(f, "cannot slow %s's link: %s", f->node, err);
+  ctx->cut[idx] = 1;
+  snprintf(f->note, sizeof f->note, "%s's agent-coordinator link delayed by %lld ms (heartbeat timeout %lld ms)",
+           f->node, (long long)f->spec.delay_ms, (long long)ctx->s->cluster.heartbeat_timeout_ms);
+  return 0;
+}
+
 /* Adds `by` to a counter of the fake NIC eth0 (sysfs root `sys`): what
  * a flapping link or a link corrupting frames leaves between two checks. */
 static int bump_counter(const char *sys, const char *file, uint64_t by) {
@@ -336,6 +354,7 @@ int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   case TG_CHAOS_NIC_ERRORS: return device_fault(ctx, f, &st);
   case TG_CHAOS_ETCD_MEMBER_CRASH: return etcd_member_crash(ctx, f);
   case TG_CHAOS_NETWORK_PARTITION: return network_partition(ctx, f, &st);
+  case TG_CHAOS_SLOW_LINK: return slow_link(ctx, f, &st);
   default: return skip(f, "unknown kind");
   }
 }
@@ -357,7 +376,8 @@ int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind) {
   case TG_CHAOS_GPU_ECC:
   case TG_CHAOS_GPU_LOST:
   case TG_CHAOS_NIC_DOWN:
-  case TG_CHAOS_NETWORK_PARTITION: return ranked > 0 && ranked == st.n_nodes && (st.n_nodes - 1 >= min || spares > 0);
+  case TG_CHAOS_NETWORK_PARTITION:
+  case TG_CHAOS_SLOW_LINK: return ranked > 0 && ranked == st.n_nodes && (st.n_nodes - 1 >= min || spares > 0);
   case TG_CHAOS_NIC_FLAP:
   case TG_CHAOS_NIC_ERRORS: return ranked > 0;
   case TG_CHAOS_HOST_RETURN:

@@ -26,6 +26,9 @@
 /* A healed node's agent reaches the coordinator within a heartbeat or
  * two; this bounds the wait for it to say so. */
 #define REJOIN_TIMEOUT_MS 20000
+/* How long a slow link below the heartbeat timeout must last, in
+ * heartbeat timeouts, before it counts as tolerated. */
+#define TOLERATED_HEARTBEATS 5
 
 static void add_note(tg_chaos_fault *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void add_note(tg_chaos_fault *f, const char *fmt, ...) {
@@ -46,7 +49,8 @@ static const char *expected_record(tg_chaos_kind kind) {
   case TG_CHAOS_HANG: return "HANG";
   case TG_CHAOS_HOST_LOSS:
   case TG_CHAOS_LOSE_ALL_COPIES:
-  case TG_CHAOS_NETWORK_PARTITION: return "NODE_LOST";
+  case TG_CHAOS_NETWORK_PARTITION:
+  case TG_CHAOS_SLOW_LINK: return "NODE_LOST"; /* when slower than the heartbeat timeout */
   case TG_CHAOS_CORRUPT_REPLICA: return "CHECKPOINT_CORRUPT";
   case TG_CHAOS_GPU_XID: return "GPU_XID";
   case TG_CHAOS_GPU_ECC: return "GPU_ECC";
@@ -132,25 +136,40 @@ static void world_formed(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   }
 }
 
-/* The partitioned node's link comes back once the job has recovered
- * without it (or gave up): its agent's next heartbeat reaches the
- * coordinator, which no longer counts the node; the agent registers again
- * and waits as a spare, or holds ranks in the next world that grows.
- * Its trainers, stuck in the old world, are aborted by the newer
- * generation and rejoin with their agent. */
-static void heal(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
-  if (f->spec.kind != TG_CHAOS_NETWORK_PARTITION || f->healed) return;
+/* A partitioned or slowed node's link is made whole once the job has
+ * recovered without it (or gave up): its agent's next heartbeat reaches
+ * the coordinator, which no longer counts the node; the agent registers
+ * again and waits as a spare, or holds ranks in the next world that
+ * grows. Its trainers, stuck in the old world, are aborted by the newer
+ * generation and rejoin with their agent. `wait_rejoin` 0: the node never
+ * left (a tolerated slow link), nothing to wait for. */
+static void heal(tg_chaos_ctx *ctx, tg_chaos_fault *f, int wait_rejoin) {
+  if ((f->spec.kind != TG_CHAOS_NETWORK_PARTITION && f->spec.kind != TG_CHAOS_SLOW_LINK) || f->healed) return;
   int idx = tg_chaos_node_index(ctx->s, f->node);
   char err[256];
   f->healed = 1;
-  if (tg_chaos_cluster_heal(ctx->cluster, idx, err, sizeof err) != 0) {
-    add_note(f, "cannot heal %s: %s", f->node, err);
+  int rc = f->spec.kind == TG_CHAOS_SLOW_LINK ? tg_chaos_cluster_slow_link(ctx->cluster, idx, 0, err, sizeof err)
+                                              : tg_chaos_cluster_heal(ctx->cluster, idx, err, sizeof err);
+  if (rc != 0) {
+    add_note(f, "cannot make %s's link whole: %s", f->node, err);
     return;
   }
   ctx->cut[idx] = 0;
+  add_note(f, "%s", f->spec.kind == TG_CHAOS_SLOW_LINK ? "fast again" : "healed");
+  if (!wait_rejoin) return;
   f->agent_lines_before = tg_chaos_watch_agent_lines(ctx->watch, idx);
   f->healed_mono_ms = tg_clock_mono_ms();
-  add_note(f, "healed after recovery");
+}
+
+/* A slow link below the heartbeat timeout must be tolerated: no node
+ * lost, no new world. It counts as such once it has been slow for
+ * TOLERATED_HEARTBEATS heartbeat timeouts and training went on; a newer
+ * world before that is caught as a recovery (and noted). */
+static int tolerated(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  int64_t timeout = ctx->s->cluster.heartbeat_timeout_ms;
+  if (f->spec.kind != TG_CHAOS_SLOW_LINK || f->spec.delay_ms >= timeout) return 0;
+  return tg_clock_mono_ms() - f->injected_mono_ms >= TOLERATED_HEARTBEATS * timeout &&
+         tg_chaos_watch_max_step(ctx->watch) >= f->step_at_injection + WARNING_STEPS;
 }
 
 /* 1 once f's node's agent logged a world after f->agent_lines_before
@@ -204,8 +223,16 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   const tg_chaos_generation *g = recovered_world(ctx, f);
   if (g) {
     resumed_in(ctx, f, g);
-    heal(ctx, f);
+    if (f->spec.kind == TG_CHAOS_SLOW_LINK && f->spec.delay_ms < ctx->s->cluster.heartbeat_timeout_ms)
+      add_note(f, "a new world although the delay was below the heartbeat timeout");
+    heal(ctx, f, 1);
     return !f->healed_mono_ms;
+  }
+  if (tolerated(ctx, f)) {
+    kept_world(f, tg_clock_unix_ms());
+    add_note(f, "tolerated: no node lost, training never stopped");
+    heal(ctx, f, 0);
+    return 1;
   }
   if ((f->spec.kind == TG_CHAOS_NIC_FLAP || f->spec.kind == TG_CHAOS_NIC_ERRORS) && warning_reported(ctx, f)) {
     kept_world(f, tg_clock_unix_ms());
@@ -238,7 +265,7 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   if (tg_clock_mono_ms() - f->injected_mono_ms > ctx->s->recovery_timeout_s * 1000) {
     f->state = TG_CHAOS_NOT_RECOVERED;
     add_note(f, "no recovery within %llds", (long long)ctx->s->recovery_timeout_s);
-    heal(ctx, f);
+    heal(ctx, f, 0);
     return 1;
   }
   return 0;

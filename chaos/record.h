@@ -41,7 +41,7 @@ typedef struct {
   char coordinator[TG_CHAOS_NAME_MAX]; /* coordinator_crash: the leader killed */
   int etcd_member;                  /* etcd_member_crash: the member killed; -1: none */
   int expect_new_world;             /* host_return: 1 when the world should grow */
-  int healed;                       /* network_partition: the link is up again (or could not be) */
+  int healed;                       /* network_partition, slow_link: the link is back (or could not be) */
   int64_t healed_mono_ms;           /* when it came up; 0: not (yet) */
   int64_t next_log_read_mono_ms;    /* nic_flap, nic_errors: when to read the fault log again */
 
@@ -121,7 +121,7 @@ typedef struct {
   uint64_t rng;
   int lost[TG_CHAOS_MAX_NODES];     /* killed by a fault and not returned */
   int drained[TG_CHAOS_MAX_NODES];
-  int cut[TG_CHAOS_MAX_NODES];      /* network_partition: its link is down */
+  int cut[TG_CHAOS_MAX_NODES];      /* network_partition, slow_link: its link is down or slow */
 } tg_chaos_ctx;
 
 #endif

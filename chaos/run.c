@@ -86,6 +86,13 @@ static int run_command(const char *const *argv) {
 
 /* ------------------------------------------------------------ clusters */
 
+/* Whether the scenario lists a fault of `kind`. */
+static int lists_kind(const tg_chaos_scenario *s, tg_chaos_kind kind) {
+  for (size_t i = 0; i < s->n_faults; i++)
+    if (s->faults[i].kind == kind) return 1;
+  return 0;
+}
+
 static tg_chaos_cluster *new_cluster(run_state *r, const char *job, const char *dir, int nodes, int max_nodes,
                                      int coordinators, int persist, const tg_chaos_cluster_spec *spec,
                                      const char *params, tg_netns *net) {
@@ -98,7 +105,9 @@ static tg_chaos_cluster *new_cluster(run_state *r, const char *job, const char *
                                  .bins = r->o->bins, .nodes = nodes, .max_nodes = max_nodes,
                                  .coordinators = coordinators, .persist = persist, .spec = spec,
                                  .training = &r->o->scenario->training, .params_out = params, .net = net,
-                                 .host = r->host};
+                                 .host = r->host,
+                                 /* the faulted job (the one that persists), not the reference */
+                                 .slow_links = persist && lists_kind(r->o->scenario, TG_CHAOS_SLOW_LINK)};
   tg_chaos_cluster *c = tg_chaos_cluster_new(&cfg, err, sizeof err);
   if (!c) setup_error(r, "%s", err);
   return c;
@@ -326,7 +335,7 @@ static tg_chaos_fault *soak_fault(tg_chaos_ctx *ctx, tg_chaos_result *res, int64
     if (tg_chaos_feasible(ctx, s->soak_kinds[i])) feasible[n++] = s->soak_kinds[i];
   if (n == 0) return NULL;
   tg_chaos_fault_spec spec = {.kind = feasible[tg_chaos_draw(ctx, n)], .at_step = at_step, .at_ms = -1,
-                              .random_target = 1, .slot = -1};
+                              .random_target = 1, .slot = -1, .delay_ms = -1};
   return add_fault(res, &spec, 1);
 }
 

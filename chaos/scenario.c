@@ -20,13 +20,12 @@ static const char *const kind_names[TG_CHAOS_KIND_COUNT] = {
     "trainer_crash", "trainer_segv", "hang", "host_loss", "host_return",
     "drain", "coordinator_crash", "corrupt_replica", "lose_all_copies",
     "gpu_xid", "gpu_ecc", "gpu_lost", "nic_down", "etcd_member_crash",
-    "network_partition", "nic_flap", "nic_errors",
+    "network_partition", "nic_flap", "nic_errors", "slow_link",
 };
 
 /* Planned kinds (DESIGN.md, issue 6) that this cut refuses by name. */
 static const char *const unsupported_kinds[] = {
     "gpu_row_remap", "gpu_thermal", "gpu_pcie",
-    "slow_link",
     "disk_full", "silent_data_corruption", "nan_loss", "straggler",
 };
 
@@ -57,7 +56,8 @@ tg_chaos_target_type tg_chaos_kind_target(tg_chaos_kind kind) {
   case TG_CHAOS_NIC_DOWN:
   case TG_CHAOS_NETWORK_PARTITION:
   case TG_CHAOS_NIC_FLAP:
-  case TG_CHAOS_NIC_ERRORS: return TG_CHAOS_TARGET_NODE;
+  case TG_CHAOS_NIC_ERRORS:
+  case TG_CHAOS_SLOW_LINK: return TG_CHAOS_TARGET_NODE;
   default: return TG_CHAOS_TARGET_NONE;
   }
 }
@@ -306,7 +306,7 @@ static int parse_target(const cJSON *f, const tg_chaos_scenario *s, tg_chaos_fau
 }
 
 static int parse_fault(const cJSON *f, tg_chaos_scenario *s, size_t i, char *err, size_t errlen) {
-  static const char *const fields[] = {"kind", "at_step", "at_ms", "target", "comment", NULL};
+  static const char *const fields[] = {"kind", "at_step", "at_ms", "target", "delay_ms", "comment", NULL};
   char path[32];
   snprintf(path, sizeof path, "faults[%zu]", i);
   tg_chaos_fault_spec *spec = &s->faults[i];
@@ -325,6 +325,12 @@ static int parse_fault(const cJSON *f, tg_chaos_scenario *s, size_t i, char *err
   if (get_int(f, path, "at_step", 1, s->training.steps - 1, 0, -1, &spec->at_step, err, errlen) != 0 ||
       get_int(f, path, "at_ms", 0, s->deadline_s * 1000, 0, -1, &spec->at_ms, err, errlen) != 0)
     return -1;
+  int has_delay = cJSON_GetObjectItemCaseSensitive(f, "delay_ms") != NULL;
+  if (has_delay != (spec->kind == TG_CHAOS_SLOW_LINK))
+    return fail(err, errlen, has_delay ? "%s.delay_ms: only slow_link takes a delay"
+                                       : "%s.delay_ms: missing (slow_link: an integer in 1..600000, ms each byte "
+                                         "between the node's agent and the coordinators is held)", path);
+  if (get_int(f, path, "delay_ms", 1, 600000, 0, -1, &spec->delay_ms, err, errlen) != 0) return -1;
   if (spec->kind == TG_CHAOS_LOSE_ALL_COPIES && has_step && spec->at_step <= s->cluster.persist_every)
     return fail(err, errlen, "%s.at_step: lose_all_copies resumes from disk, so a step must be persisted first: "
                 "at_step must exceed cluster.persist_every (%lld)", path, (long long)s->cluster.persist_every);
@@ -359,6 +365,8 @@ static int parse_soak(const cJSON *o, tg_chaos_scenario *s, char *err, size_t er
     tg_chaos_kind kind;
     if (i >= TG_CHAOS_KIND_COUNT) return fail(err, errlen, "%s: the list repeats a kind", path);
     if (get_kind(k, path, &kind, err, errlen) != 0 || kind_fits(s, kind, path, err, errlen) != 0) return -1;
+    if (kind == TG_CHAOS_SLOW_LINK)
+      return fail(err, errlen, "%s: slow_link needs a delay_ms, which soak faults do not have", path);
     for (size_t j = 0; j < s->n_soak_kinds; j++)
       if (s->soak_kinds[j] == kind) return fail(err, errlen, "%s: %s is listed twice", path, kind_names[kind]);
     s->soak_kinds[s->n_soak_kinds++] = kind;

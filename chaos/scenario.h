@@ -45,6 +45,7 @@ typedef enum {
   TG_CHAOS_NETWORK_PARTITION,  /* cut a node's host off the network (namespaces), healed after recovery */
   TG_CHAOS_NIC_FLAP,           /* the node's fake NIC eth0 flaps (carrier_changes +4): a WARNING */
   TG_CHAOS_NIC_ERRORS,         /* the node's fake NIC eth0 counts 100 rx errors: a WARNING */
+  TG_CHAOS_SLOW_LINK,          /* the node's agent-coordinator link delayed (tg-chaos's proxy) */
   TG_CHAOS_KIND_COUNT
 } tg_chaos_kind;
 
@@ -68,6 +69,7 @@ typedef struct {
   int random_target;           /* 1: drawn from the seed when the fault fires */
   char node[TG_CHAOS_NAME_MAX]; /* explicit target node ("n2"), or "" */
   int slot;                    /* explicit target slot, or -1 */
+  int64_t delay_ms;            /* slow_link: how long each byte is held; -1: unused */
 } tg_chaos_fault_spec;
 
 typedef struct {

@@ -34,7 +34,7 @@ static void test_shipped_scenarios_parse(void **state) {
   const char *names[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
                          "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak",
                          "device_faults", "etcd_member_crash", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl",
-                         "network_partition", "nic_warnings"};
+                         "network_partition", "nic_warnings", "slow_link"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char path[256], err[512];
     snprintf(path, sizeof path, "chaos/scenarios/%s.json", names[i]);
@@ -105,7 +105,7 @@ static void test_bad_input(void **state) {
          NULL);
   expect("{" BASE ", \"faults\": {}}", "faults: must be a list");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5}]}", "faults[0].kind: missing");
-  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\"}]}", "is not supported yet");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"gpu_thermal\"}]}", "is not supported yet");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"meteor\"}]}", "unknown kind");
   expect("{" BASE ", \"faults\": [{\"kind\": \"hang\"}]}", "exactly one of at_step and at_ms");
   expect("{" BASE ", \"faults\": [{\"at_step\": 100, \"kind\": \"hang\"}]}", "faults[0].at_step: must be");
@@ -183,6 +183,28 @@ static void test_network(void **state) {
          "target.slot: unknown field");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"nic_errors\", \"target\": {\"node\": \"n7\"}}]}",
          "no node \"n7\"");
+  /* slow_link: works in either mode, with a delay of its own. */
+  const char *slow = "{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\", \"delay_ms\": 250},"
+                     "{\"at_step\": 6, \"kind\": \"hang\"}]}";
+  s = tg_chaos_scenario_parse(slow, strlen(slow), err, sizeof err);
+  if (!s) fail_msg("%s", err);
+  assert_int_equal(s->faults[0].kind, TG_CHAOS_SLOW_LINK);
+  assert_int_equal(s->faults[0].delay_ms, 250);
+  assert_int_equal(s->faults[0].random_target, 1);
+  assert_int_equal(s->faults[1].delay_ms, -1);
+  tg_chaos_scenario_free(s);
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\"}]}",
+         "faults[0].delay_ms: missing (slow_link: an integer in 1..600000");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\", \"delay_ms\": 0}]}",
+         "faults[0].delay_ms: must be an integer in 1..600000, got 0");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\", \"delay_ms\": \"1s\"}]}",
+         "faults[0].delay_ms: must be an integer");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\", \"delay_ms\": 1e12}]}",
+         "faults[0].delay_ms: must be an integer in 1..600000");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"hang\", \"delay_ms\": 5}]}",
+         "faults[0].delay_ms: only slow_link takes a delay");
+  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"slow_link\"]}}",
+         "soak.kinds[0]: slow_link needs a delay_ms");
 }
 
 static void test_size_bound(void **state) {
