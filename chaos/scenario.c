@@ -178,7 +178,7 @@ static int get_kind(const cJSON *item, const char *path, tg_chaos_kind *out, cha
     return fail(err, errlen, "%s: kind \"%s\" is not supported yet (see chaos/README.md)", path,
                 item->valuestring);
   if (k < 0) {
-    char list[256] = "";
+    char list[512] = "";
     for (int i = 0; i < TG_CHAOS_KIND_COUNT; i++)
       snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", kind_names[i]);
     return fail(err, errlen, "%s: unknown kind %s (expected one of: %s)", path, shown(item, buf, sizeof buf), list);
