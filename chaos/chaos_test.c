@@ -7,7 +7,10 @@
  * job resumes from disk and the "no committed step lost" invariant reports
  * the loss), which shows the checks can fail. With `--scenario PATH
  * --expect-exit N` it runs one shipped scenario instead (BUILD.bazel's
- * scenario_<name>_test targets). Logs of each run are kept in
+ * scenario_<name>_test targets); `--netns` after them marks a scenario
+ * whose nodes run in network namespaces: skipped where those cannot be
+ * made (not root), unless TG_REQUIRE_NETNS=1; `--root` one that mounts a
+ * filesystem (disk_full): skipped when not root, on the same terms. Logs of each run are kept in
  * $TEST_UNDECLARED_OUTPUTS_DIR when Bazel provides it. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,6 +25,7 @@
 #include <cjson/cJSON.h>
 #include <cmocka.h>
 
+#include "tests/harness/netns.h"
 #include "tests/harness/proc.h"
 
 #define RUN_TIMEOUT_MS 300000
@@ -180,11 +184,11 @@ static void test_help_and_bad_input(void **state) {
   FILE *f = fopen(path, "w");
   assert_non_null(f);
   fputs("{\"name\": \"bad\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 50},"
-        " \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\"}]}", f);
+        " \"faults\": [{\"at_step\": 5, \"kind\": \"nan_loss\"}]}", f);
   fclose(f);
   const char *bad[] = {"run", path, NULL};
   assert_int_equal(tg_chaos(bad), 2);
-  assert_non_null(strstr(output, "faults[0].kind: kind \"slow_link\" is not supported yet"));
+  assert_non_null(strstr(output, "faults[0].kind: kind \"nan_loss\" is not supported yet"));
   const char *check[] = {"check", "chaos/testdata/trainer_crash_small.json", NULL};
   assert_int_equal(tg_chaos(check), 0);
 }
@@ -209,18 +213,6 @@ static void test_shipped_scenario(void **state) {
   cJSON_Delete(r);
 }
 
-/* Whether a scenario file has a kind that needs root (disk_full mounts a
- * tmpfs). Read as text: this test links nothing of tg-chaos. */
-static int needs_root(const char *path) {
-  FILE *f = fopen(path, "r");
-  if (!f) return 0;
-  static char text[1 << 16];
-  size_t n = fread(text, 1, sizeof text - 1, f);
-  fclose(f);
-  text[n] = '\0';
-  return strstr(text, "\"disk_full\"") != NULL;
-}
-
 /* Removes the temporary directory; returns rc. */
 static int run_and_clean(int rc) {
   const char *rm[] = {"rm", "-rf", tmp, NULL};
@@ -231,16 +223,30 @@ static int run_and_clean(int rc) {
 
 int main(int argc, char **argv) {
   if (tg_proc_temp_dir("chaos", tmp, sizeof tmp) != 0) return 1;
-  if (argc == 5 && strcmp(argv[1], "--scenario") == 0 && strcmp(argv[3], "--expect-exit") == 0) {
+  int netns = argc == 6 && strcmp(argv[5], "--netns") == 0, root = argc == 6 && strcmp(argv[5], "--root") == 0;
+  if ((argc == 5 || netns || root) && strcmp(argv[1], "--scenario") == 0 && strcmp(argv[3], "--expect-exit") == 0) {
 #if defined(__SANITIZE_ADDRESS__)
     /* Whole scenarios take two to three times longer under the
      * sanitizers; chaos_test covers tg-chaos there. */
     printf("%s: skipped in the sanitizer build (run in the plain one)\n", argv[2]);
     return 0;
 #endif
-    if (geteuid() != 0 && needs_root(argv[2])) {
+    char why[512];
+    if (netns && !tg_netns_available(why, sizeof why)) {
+      if (tg_netns_required()) {
+        fprintf(stderr, "%s: network namespaces are required here (TG_REQUIRE_NETNS=1): %s\n", argv[2], why);
+        return run_and_clean(1);
+      }
+      printf("%s: skipped: %s\n", argv[2], why);
+      return run_and_clean(0);
+    }
+    if (root && geteuid() != 0) {
+      if (tg_netns_required()) {
+        fprintf(stderr, "%s: root is required here (TG_REQUIRE_NETNS=1): it mounts a filesystem\n", argv[2]);
+        return run_and_clean(1);
+      }
       printf("%s: skipped: it mounts a filesystem, which needs root\n", argv[2]);
-      return 0;
+      return run_and_clean(0);
     }
     shipped_path = argv[2];
     run_timeout_ms = SHIPPED_TIMEOUT_MS;

@@ -18,10 +18,12 @@
 #include "agent/ckpt/store.h"
 #include "agent/health/gpu_fake.h"
 #include "agent/health/nic_fake.h"
+#include "chaos/proxy.h"
 #include "tests/harness/proc.h"
 
 #define MAX_ARGV 64
 #define STOP_MS 5000
+#define AGENT_PORT 7100 /* namespace mode: every host has its own ports */
 
 struct tg_chaos_cluster {
   tg_chaos_cluster_config cfg;
@@ -29,19 +31,41 @@ struct tg_chaos_cluster {
   tg_chaos_training_spec training;
   tg_chaos_bins bins;
   char job[TG_CKPT_JOB_ID_MAX];
-  char dir[512], etcd[256], params[768];
+  char dir[512], etcd[256], params[768], host[48];
   char coordinators[TG_CHAOS_MAX_COORDINATORS * 32];
   int ports[TG_CHAOS_MAX_COORDINATORS];
   tg_proc *coord[TG_CHAOS_MAX_COORDINATORS];
   tg_proc *agent[TG_CHAOS_MAX_NODES];
   char node_ids[TG_CHAOS_MAX_NODES][16];
   int ckpt_mounted;
+  /* With slow links: each node's own route to every coordinator. */
+  tg_chaos_proxy *proxy;
+  int routes[TG_CHAOS_MAX_NODES][TG_CHAOS_MAX_COORDINATORS];
+  char node_coordinators[TG_CHAOS_MAX_NODES][TG_CHAOS_MAX_COORDINATORS * 32];
 };
 
 static int make_dir(const char *path, char *err, size_t errlen) {
   if (mkdir(path, 0755) == 0 || errno == EEXIST) return 0;
   snprintf(err, errlen, "%s: %s", path, strerror(errno));
   return -1;
+}
+
+/* A route per (node, coordinator); node i's agent is given its own
+ * routes' addresses instead of the coordinators'. */
+static int start_proxy(tg_chaos_cluster *c, char *err, size_t errlen) {
+  c->proxy = tg_chaos_proxy_new(err, errlen);
+  if (!c->proxy) return -1;
+  for (int i = 0; i < c->cfg.nodes; i++) {
+    char *list = c->node_coordinators[i];
+    for (int j = 0; j < c->cfg.coordinators; j++) {
+      int port;
+      c->routes[i][j] = tg_chaos_proxy_add(c->proxy, c->host, c->host, c->ports[j], &port, err, errlen);
+      if (c->routes[i][j] < 0) return -1;
+      snprintf(list + strlen(list), sizeof c->node_coordinators[i] - strlen(list), "%s%s:%d", j ? "," : "", c->host,
+               port);
+    }
+  }
+  return tg_chaos_proxy_start(c->proxy, err, errlen);
 }
 
 tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char *err, size_t errlen) {
@@ -63,6 +87,12 @@ tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char 
   snprintf(c->dir, sizeof c->dir, "%s", cfg->dir);
   snprintf(c->etcd, sizeof c->etcd, "%s", cfg->etcd_endpoints);
   snprintf(c->params, sizeof c->params, "%s", cfg->params_out);
+  snprintf(c->host, sizeof c->host, "%s", cfg->host ? cfg->host : "127.0.0.1");
+  c->cfg.host = c->host;
+  if (cfg->net && tg_netns_size(cfg->net) < cfg->nodes) {
+    snprintf(err, errlen, "cluster: %d hosts for %d nodes", tg_netns_size(cfg->net), cfg->nodes);
+    goto err;
+  }
   c->cfg.job = c->job;
   c->cfg.dir = c->dir;
   c->cfg.etcd_endpoints = c->etcd;
@@ -106,8 +136,9 @@ tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char 
       goto err;
     }
     snprintf(c->coordinators + strlen(c->coordinators), sizeof c->coordinators - strlen(c->coordinators),
-             "%s127.0.0.1:%d", i ? "," : "", c->ports[i]);
+             "%s%s:%d", i ? "," : "", c->host, c->ports[i]);
   }
+  if (cfg->slow_links && start_proxy(c, err, errlen) != 0) goto err;
   /* Last: nothing after it can fail and leave the mount behind. */
   if (cfg->ckpt_fs_mib > 0) {
     char opts[32];
@@ -122,6 +153,7 @@ tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char 
   }
   return c;
 err:
+  tg_chaos_proxy_free(c->proxy);
   free(c);
   return NULL;
 }
@@ -144,6 +176,7 @@ void tg_chaos_cluster_free(tg_chaos_cluster *c) {
   if (!c) return;
   stop_all(c->agent, c->cfg.nodes);
   stop_all(c->coord, c->cfg.coordinators);
+  tg_chaos_proxy_free(c->proxy);
   /* Agents killed on purpose (and trainers) leave their regions behind. */
   for (int i = 0; i < c->cfg.nodes; i++) {
     char name[160];
@@ -172,9 +205,9 @@ int tg_chaos_cluster_start_coordinator(tg_chaos_cluster *c, int i, char *err, si
     return -1;
   }
   if (c->coord[i] && tg_proc_running(c->coord[i])) return 0;
-  char id[16], listen[32], min[16], max[16], slots[16], hb_interval[24], hb_timeout[24], log[700];
+  char id[16], listen[64], min[16], max[16], slots[16], hb_interval[24], hb_timeout[24], log[700];
   snprintf(id, sizeof id, "c%d", i);
-  snprintf(listen, sizeof listen, "127.0.0.1:%d", c->ports[i]);
+  snprintf(listen, sizeof listen, "%s:%d", c->host, c->ports[i]);
   snprintf(min, sizeof min, "%d", c->spec.min_nodes < c->cfg.max_nodes ? c->spec.min_nodes : c->cfg.max_nodes);
   snprintf(max, sizeof max, "%d", c->cfg.max_nodes);
   snprintf(slots, sizeof slots, "%d", c->spec.slots);
@@ -241,7 +274,8 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   snprintf(batch, sizeof batch, "%lld", (long long)t->batch);
   snprintf(micro, sizeof micro, "%lld", (long long)t->micro);
   snprintf(seed, sizeof seed, "%lld", (long long)t->seed);
-  const char *argv[MAX_ARGV] = {c->bins.agent, "--node", id, "--job", c->job, "--coordinators", c->coordinators,
+  const char *coordinators = c->proxy ? c->node_coordinators[node] : c->coordinators;
+  const char *argv[MAX_ARGV] = {c->bins.agent, "--node", id, "--job", c->job, "--coordinators", coordinators,
                                 "--socket", sock, "--slots", slots, "--log-dir", logs, "--ckpt-mib", mib,
                                 "--hang-floor-ms", hang, "--restart-max", "64", "--log-level", "info"};
   char fake[800];
@@ -249,6 +283,12 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   argv[21] = "--fake-devices";
   argv[22] = fake;
   int n = 23;
+  char peer[64];
+  if (c->cfg.net) { /* the host's own address, where other agents reach it */
+    snprintf(peer, sizeof peer, "%s:%d", tg_netns_addr(c->cfg.net, node), AGENT_PORT);
+    argv[n++] = "--listen";
+    argv[n++] = peer;
+  }
   if (c->cfg.persist) {
     argv[n++] = "--ckpt-dir";
     argv[n++] = ckpt;
@@ -275,7 +315,8 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   }
   argv[n] = NULL;
   tg_proc_free(c->agent[node]);
-  c->agent[node] = tg_proc_start(argv, log, err, errlen);
+  c->agent[node] = c->cfg.net ? tg_netns_start(c->cfg.net, node, argv, log, err, errlen)
+                              : tg_proc_start(argv, log, err, errlen);
   return c->agent[node] ? 0 : -1;
 }
 
@@ -306,6 +347,39 @@ int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node) {
     if (trainers[s] > 0) kill(trainers[s], SIGKILL);
   tg_proc_wait(c->agent[node], STOP_MS, NULL);
   return 0;
+}
+
+static int set_link(tg_chaos_cluster *c, int node, int up, char *err, size_t errlen) {
+  if (!c->cfg.net) {
+    snprintf(err, errlen, "local processes share one network: only cluster.network \"namespaces\" has links");
+    return -1;
+  }
+  if (node < 0 || node >= c->cfg.nodes) {
+    snprintf(err, errlen, "no node %d", node);
+    return -1;
+  }
+  return up ? tg_netns_heal(c->cfg.net, node, err, errlen) : tg_netns_cut(c->cfg.net, node, err, errlen);
+}
+
+int tg_chaos_cluster_slow_link(tg_chaos_cluster *c, int node, int64_t delay_ms, char *err, size_t errlen) {
+  if (!c->proxy) {
+    snprintf(err, errlen, "the agents were started without the slow-link proxy");
+    return -1;
+  }
+  if (node < 0 || node >= c->cfg.nodes) {
+    snprintf(err, errlen, "no node %d", node);
+    return -1;
+  }
+  for (int j = 0; j < c->cfg.coordinators; j++) tg_chaos_proxy_set_delay(c->proxy, c->routes[node][j], delay_ms);
+  return 0;
+}
+
+int tg_chaos_cluster_cut(tg_chaos_cluster *c, int node, char *err, size_t errlen) {
+  return set_link(c, node, 0, err, errlen);
+}
+
+int tg_chaos_cluster_heal(tg_chaos_cluster *c, int node, char *err, size_t errlen) {
+  return set_link(c, node, 1, err, errlen);
 }
 
 /* ------------------------------------------------------------ names */

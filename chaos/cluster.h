@@ -10,6 +10,9 @@
  * behind (an agent killed with SIGKILL cannot). Start processes from the
  * main thread only: the parent-death signal follows the forking thread.
  *
+ * In namespace mode (cfg.net) every node's agent runs on a host of its
+ * own and the coordinators on the uplink address; see chaos/README.md.
+ *
  * Layout under `dir`: logs/<node>/slot-<s>.log (trainers),
  * logs/<node>-agent.log, logs/<coordinator>.log, sock/<node>.sock,
  * ckpt/ (the agents' --ckpt-dir). */
@@ -21,6 +24,7 @@
 #include <sys/types.h>
 
 #include "chaos/scenario.h"
+#include "tests/harness/netns.h"
 
 /* The binaries a cluster runs. */
 typedef struct {
@@ -41,6 +45,15 @@ typedef struct {
   const tg_chaos_cluster_spec *spec;
   const tg_chaos_training_spec *training;
   const char *params_out;     /* tg-train --out */
+  /* Namespace mode: node i's agent (and so its trainers) runs on host i
+   * of net and listens on that host's address; coordinators listen on
+   * `host`, net's uplink, where etcd is too. NULL: local processes on
+   * 127.0.0.1. The caller owns net and frees it after the cluster. */
+  tg_netns *net;
+  const char *host;           /* the coordinators' address; NULL: 127.0.0.1 */
+  /* 1: every agent reaches each coordinator through a route of a slow-link
+   * proxy (chaos/proxy.h), fast until tg_chaos_cluster_slow_link. */
+  int slow_links;
 } tg_chaos_cluster_config;
 
 typedef struct tg_chaos_cluster tg_chaos_cluster;
@@ -61,7 +74,8 @@ int tg_chaos_cluster_coordinator_running(tg_chaos_cluster *c, int i);
 int tg_chaos_cluster_coordinator_index(const tg_chaos_cluster *c, const char *id);
 /* SIGKILLs coordinator i and reaps it. 0 or -1 if it is not running. */
 int tg_chaos_cluster_kill_coordinator(tg_chaos_cluster *c, int i);
-/* "127.0.0.1:A,127.0.0.1:B,..." for agents and tgctl. */
+/* "127.0.0.1:A,127.0.0.1:B,..." for agents and tgctl (the uplink's
+ * address in namespace mode). */
 const char *tg_chaos_cluster_coordinators(const tg_chaos_cluster *c);
 
 /* Starts (or restarts, with the same node id and memory) agent `node`. */
@@ -75,6 +89,15 @@ void tg_chaos_cluster_fake_devices(const tg_chaos_cluster *c, int node, char *ou
 /* The agents' --ckpt-dir (shared by every node, like a cluster's shared
  * filesystem): DIR/ckpt; a tmpfs of ckpt_fs_mib when that is set. */
 void tg_chaos_cluster_ckpt_dir(const tg_chaos_cluster *c, char *out, size_t len);
+/* Namespace mode: takes the link of the node's host down (nobody reaches
+ * it, it reaches nobody), or up again. -1 with a reason (also in local
+ * mode). */
+int tg_chaos_cluster_cut(tg_chaos_cluster *c, int node, char *err, size_t errlen);
+int tg_chaos_cluster_heal(tg_chaos_cluster *c, int node, char *err, size_t errlen);
+
+/* With cfg.slow_links: holds every byte between the node's agent and the
+ * coordinators for delay_ms (0: fast again). -1 with a reason. */
+int tg_chaos_cluster_slow_link(tg_chaos_cluster *c, int node, int64_t delay_ms, char *err, size_t errlen);
 
 /* SIGKILLs the agent and then its trainers, as when a host dies. */
 int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node);

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -19,6 +20,8 @@
 #include "common/clock/clock.h"
 
 #define MAX_KEYS 512
+#define NIC_FLAP_CHANGES 4 /* the agent's flap threshold: two down-up cycles within its window */
+#define NIC_ERRORS 100     /* ten times the agent's errors-per-window threshold */
 
 uint32_t tg_chaos_draw(tg_chaos_ctx *ctx, uint32_t n) {
   uint64_t z = (ctx->rng += 0x9E3779B97F4A7C15ULL); /* splitmix64 */
@@ -47,7 +50,8 @@ static size_t ranked_nodes(tg_chaos_ctx *ctx, const tg_chaos_status *st, int *ou
   size_t n = 0;
   for (size_t i = 0; i < st->n_nodes; i++) {
     int idx = tg_chaos_node_index(ctx->s, st->nodes[i]);
-    if (idx >= 0 && !ctx->lost[idx] && tg_chaos_cluster_agent_running(ctx->cluster, idx)) out[n++] = idx;
+    if (idx >= 0 && !ctx->lost[idx] && !ctx->cut[idx] && tg_chaos_cluster_agent_running(ctx->cluster, idx))
+      out[n++] = idx;
   }
   return n;
 }
@@ -223,6 +227,40 @@ static int lose_all_copies(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_
   return 0;
 }
 
+/* Every byte between the node's agent and the coordinators is held for
+ * delay_ms by tg-chaos's proxy (the agents were started behind it): its
+ * registration, heartbeats and fault reports arrive late. Below the
+ * heartbeat timeout that is tolerated; above it the node is lost. The
+ * link is fast again when the fault ends (measure.c). */
+static int slow_link(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  int idx = resolve_node(ctx, f, st);
+  if (idx < 0) return -1;
+  char err[256];
+  stamp(f);
+  if (tg_chaos_cluster_slow_link(ctx->cluster, idx, f->spec.delay_ms, err, sizeof err) != 0)
+    return skip(f, "cannot slow %s's link: %s", f->node, err);
+  ctx->cut[idx] = 1;
+  snprintf(f->note, sizeof f->note, "%s's agent-coordinator link delayed by %lld ms (heartbeat timeout %lld ms)",
+           f->node, (long long)f->spec.delay_ms, (long long)ctx->s->cluster.heartbeat_timeout_ms);
+  return 0;
+}
+
+/* Adds `by` to a counter of the fake NIC eth0 (sysfs root `sys`): what
+ * a flapping link or a link corrupting frames leaves between two checks. */
+static int bump_counter(const char *sys, const char *file, uint64_t by) {
+  char path[900], text[32] = "";
+  snprintf(path, sizeof path, "%s/class/net/eth0/%s", sys, file);
+  FILE *in = fopen(path, "r");
+  if (!in) return -errno;
+  int ok = fgets(text, sizeof text, in) != NULL;
+  fclose(in);
+  char *end;
+  errno = 0;
+  unsigned long long v = ok ? strtoull(text, &end, 10) : 0;
+  if (!ok || errno || end == text) return -EINVAL;
+  return tg_nic_fake_set_u64(sys, "eth0", file, (uint64_t)v + by);
+}
+
 /* A fault in the node's fake devices (the agents run with --fake-devices):
  * its agent's health checks see it within their period, report it, and
  * mark the node unhealthy, so the world re-forms without it. The node
@@ -248,24 +286,44 @@ static int device_fault(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_sta
     break;
   case TG_CHAOS_GPU_PCIE: rc = tg_gpu_fake_set(dir, gpu, "pcie_width", "8"); break;
   case TG_CHAOS_GPU_ROW_REMAP: rc = tg_gpu_fake_set(dir, gpu, "row_remap_pending", "1"); break;
+  case TG_CHAOS_NIC_FLAP: rc = bump_counter(sys, "carrier_changes", NIC_FLAP_CHANGES); break;
+  case TG_CHAOS_NIC_ERRORS: rc = bump_counter(sys, "statistics/rx_errors", NIC_ERRORS); break;
   default:
     rc = tg_nic_fake_set(sys, "eth0", "carrier", "0");
     if (rc == 0) rc = tg_nic_fake_set(sys, "eth0", "operstate", "down");
     break;
   }
   if (rc != 0) return skip(f, "cannot write %s's fake devices in %s: %s", f->node, dir, strerror(rc < 0 ? -rc : rc));
-  if (f->spec.kind == TG_CHAOS_NIC_DOWN) {
-    f->gpu = -1;
-    snprintf(f->note, sizeof f->note, "eth0 down");
-  } else {
-    snprintf(f->note, sizeof f->note, "gpu%u", gpu);
+  switch (f->spec.kind) {
+  case TG_CHAOS_NIC_DOWN: snprintf(f->note, sizeof f->note, "eth0 down"); break;
+  case TG_CHAOS_NIC_FLAP:
+    snprintf(f->note, sizeof f->note, "eth0 carrier_changes +%d (two down-up cycles between checks)", NIC_FLAP_CHANGES);
+    break;
+  case TG_CHAOS_NIC_ERRORS: snprintf(f->note, sizeof f->note, "eth0 rx_errors +%d", NIC_ERRORS); break;
+  default: snprintf(f->note, sizeof f->note, "gpu%u", gpu); return 0;
   }
+  f->gpu = -1; /* a NIC fault: no GPU to heal */
+  return 0;
+}
+
+/* The node's host is cut off: both ends of its link go down, so its
+ * agent's heartbeats and its ranks' traffic go nowhere while every
+ * process keeps running. The coordinator loses the node on the heartbeat
+ * timeout; the link comes back once the job recovered (measure.c). */
+static int network_partition(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  int idx = resolve_node(ctx, f, st);
+  if (idx < 0) return -1;
+  char err[256];
+  stamp(f);
+  if (tg_chaos_cluster_cut(ctx->cluster, idx, err, sizeof err) != 0) return skip(f, "cannot cut %s: %s", f->node, err);
+  ctx->cut[idx] = 1;
+  snprintf(f->note, sizeof f->note, "%s's link cut", f->node);
   return 0;
 }
 
 int tg_chaos_device_heal(tg_chaos_ctx *ctx, const tg_chaos_fault *f) {
   int idx = tg_chaos_node_index(ctx->s, f->node);
-  if (idx < 0 || f->gpu < 0) return -EINVAL;
+  if (idx < 0 || f->gpu < 0) return 0; /* no fake GPU was written */
   char dir[800];
   tg_chaos_cluster_fake_devices(ctx->cluster, idx, dir, sizeof dir);
   uint32_t gpu = (uint32_t)f->gpu;
@@ -276,7 +334,7 @@ int tg_chaos_device_heal(tg_chaos_ctx *ctx, const tg_chaos_fault *f) {
   }
   case TG_CHAOS_GPU_PCIE: return tg_gpu_fake_set(dir, gpu, "pcie_width", "16");
   case TG_CHAOS_GPU_ROW_REMAP: return tg_gpu_fake_set(dir, gpu, "row_remap_pending", "0");
-  default: return -EINVAL;
+  default: return 0; /* a fault that stays (XID, ECC, lost) */
   }
 }
 
@@ -359,10 +417,14 @@ int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   case TG_CHAOS_GPU_ECC:
   case TG_CHAOS_GPU_LOST:
   case TG_CHAOS_NIC_DOWN:
+  case TG_CHAOS_NIC_FLAP:
+  case TG_CHAOS_NIC_ERRORS:
   case TG_CHAOS_GPU_THERMAL:
   case TG_CHAOS_GPU_PCIE:
   case TG_CHAOS_GPU_ROW_REMAP: return device_fault(ctx, f, &st);
   case TG_CHAOS_ETCD_MEMBER_CRASH: return etcd_member_crash(ctx, f);
+  case TG_CHAOS_NETWORK_PARTITION: return network_partition(ctx, f, &st);
+  case TG_CHAOS_SLOW_LINK: return slow_link(ctx, f, &st);
   case TG_CHAOS_DISK_FULL: return disk_full(ctx, f);
   default: return skip(f, "unknown kind");
   }
@@ -384,7 +446,14 @@ int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind) {
   case TG_CHAOS_GPU_XID:
   case TG_CHAOS_GPU_ECC:
   case TG_CHAOS_GPU_LOST:
-  case TG_CHAOS_NIC_DOWN: return ranked > 0 && ranked == st.n_nodes && (st.n_nodes - 1 >= min || spares > 0);
+  case TG_CHAOS_NIC_DOWN:
+  case TG_CHAOS_NETWORK_PARTITION:
+  case TG_CHAOS_SLOW_LINK: return ranked > 0 && ranked == st.n_nodes && (st.n_nodes - 1 >= min || spares > 0);
+  case TG_CHAOS_NIC_FLAP:
+  case TG_CHAOS_NIC_ERRORS:
+  case TG_CHAOS_GPU_THERMAL:
+  case TG_CHAOS_GPU_PCIE:
+  case TG_CHAOS_GPU_ROW_REMAP: return ranked > 0;
   case TG_CHAOS_HOST_RETURN:
     for (int i = 0; i < tg_chaos_cluster_nodes(ctx->cluster); i++)
       if (ctx->lost[i]) return 1;
@@ -392,9 +461,6 @@ int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind) {
   case TG_CHAOS_COORDINATOR_CRASH: return st.ok && running_coordinators(ctx) >= 2;
   case TG_CHAOS_ETCD_MEMBER_CRASH: return running_etcd_members(ctx) == tg_etcd_cluster_size(ctx->etcd);
   case TG_CHAOS_DISK_FULL: return 1;
-  case TG_CHAOS_GPU_THERMAL:
-  case TG_CHAOS_GPU_PCIE:
-  case TG_CHAOS_GPU_ROW_REMAP: return ranked > 0;
   case TG_CHAOS_LOSE_ALL_COPIES:
     return st.n_nodes >= 3 && ranked == st.n_nodes && st.n_nodes - 2 + (spares < 2 ? spares : 2) >= min;
   default: return 0;

@@ -19,8 +19,8 @@ int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f);
  * world below min_nodes or return a host that was never lost). */
 int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind);
 
-/* Undoes a warning kind's write to the node's fake GPU (f->gpu). 0, or
- * -errno. */
+/* Undoes a warning kind's write to the node's fake GPU (f->gpu); 0 when
+ * the fault wrote no GPU or is one that stays. 0, or -errno. */
 int tg_chaos_device_heal(tg_chaos_ctx *ctx, const tg_chaos_fault *f);
 
 /* disk_full's filler file in the checkpoint directory. */

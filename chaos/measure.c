@@ -22,6 +22,17 @@
 /* Slack for "after the injection" (the same clock, but a record's time is
  * taken on another thread). */
 #define CLOCK_SLACK_MS 20
+/* How often a warning's fault record is looked for (a tgctl call each). */
+#define WARNING_LOG_PERIOD_MS 500
+/* Training went on: this many steps logged after a warning was seen in
+ * the fault log, or after a tolerated slow link began. */
+#define WARNING_STEPS 3
+/* A healed node's agent reaches the coordinator within a heartbeat or
+ * two; this bounds the wait for it to say so. */
+#define REJOIN_TIMEOUT_MS 20000
+/* How long a slow link below the heartbeat timeout must last, in
+ * heartbeat timeouts, before it counts as tolerated. */
+#define TOLERATED_HEARTBEATS 5
 
 static void add_note(tg_chaos_fault *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void add_note(tg_chaos_fault *f, const char *fmt, ...) {
@@ -41,12 +52,16 @@ static const char *expected_record(tg_chaos_kind kind) {
   case TG_CHAOS_TRAINER_SEGV: return "TRAINER_EXIT";
   case TG_CHAOS_HANG: return "HANG";
   case TG_CHAOS_HOST_LOSS:
-  case TG_CHAOS_LOSE_ALL_COPIES: return "NODE_LOST";
+  case TG_CHAOS_LOSE_ALL_COPIES:
+  case TG_CHAOS_NETWORK_PARTITION:
+  case TG_CHAOS_SLOW_LINK: return "NODE_LOST"; /* when slower than the heartbeat timeout */
   case TG_CHAOS_CORRUPT_REPLICA: return "CHECKPOINT_CORRUPT";
   case TG_CHAOS_GPU_XID: return "GPU_XID";
   case TG_CHAOS_GPU_ECC: return "GPU_ECC";
   case TG_CHAOS_GPU_LOST: return "GPU_LOST";
   case TG_CHAOS_NIC_DOWN: return "NIC_DOWN";
+  case TG_CHAOS_NIC_FLAP: return "NIC_FLAP";
+  case TG_CHAOS_NIC_ERRORS: return "NIC_ERRORS";
   case TG_CHAOS_DISK_FULL: return "DISK";
   case TG_CHAOS_GPU_THERMAL: return "GPU_THERMAL";
   case TG_CHAOS_GPU_PCIE: return "GPU_PCIE";
@@ -129,6 +144,69 @@ static void world_formed(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   }
 }
 
+/* A partitioned or slowed node's link is made whole once the job has
+ * recovered without it (or gave up): its agent's next heartbeat reaches
+ * the coordinator, which no longer counts the node; the agent registers
+ * again and waits as a spare, or holds ranks in the next world that
+ * grows. Its trainers, stuck in the old world, are aborted by the newer
+ * generation and rejoin with their agent. `wait_rejoin` 0: the node never
+ * left (a tolerated slow link), nothing to wait for. */
+static void heal(tg_chaos_ctx *ctx, tg_chaos_fault *f, int wait_rejoin) {
+  if ((f->spec.kind != TG_CHAOS_NETWORK_PARTITION && f->spec.kind != TG_CHAOS_SLOW_LINK) || f->healed) return;
+  int idx = tg_chaos_node_index(ctx->s, f->node);
+  char err[256];
+  f->healed = 1;
+  int rc = f->spec.kind == TG_CHAOS_SLOW_LINK ? tg_chaos_cluster_slow_link(ctx->cluster, idx, 0, err, sizeof err)
+                                              : tg_chaos_cluster_heal(ctx->cluster, idx, err, sizeof err);
+  if (rc != 0) {
+    add_note(f, "cannot make %s's link whole: %s", f->node, err);
+    return;
+  }
+  ctx->cut[idx] = 0;
+  add_note(f, "%s", f->spec.kind == TG_CHAOS_SLOW_LINK ? "fast again" : "healed");
+  if (!wait_rejoin) return;
+  f->agent_lines_before = tg_chaos_watch_agent_lines(ctx->watch, idx);
+  f->healed_mono_ms = tg_clock_mono_ms();
+}
+
+/* A slow link below the heartbeat timeout must be tolerated: no node
+ * lost, no new world. It counts as such once it has been slow for
+ * TOLERATED_HEARTBEATS heartbeat timeouts and training went on; a newer
+ * world before that is caught as a recovery (and noted). */
+static int tolerated(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  int64_t timeout = ctx->s->cluster.heartbeat_timeout_ms;
+  if (f->spec.kind != TG_CHAOS_SLOW_LINK || f->spec.delay_ms >= timeout) return 0;
+  return tg_clock_mono_ms() - f->injected_mono_ms >= TOLERATED_HEARTBEATS * timeout &&
+         tg_chaos_watch_max_step(ctx->watch) >= f->step_at_injection + WARNING_STEPS;
+}
+
+/* 1 once f's node's agent logged a world after f->agent_lines_before
+ * lines (it came back: as a spare or holding ranks, said in the note), with
+ * that line's time in *at. */
+static int agent_logged_world(tg_chaos_ctx *ctx, tg_chaos_fault *f, int64_t *at) {
+  int idx = tg_chaos_node_index(ctx->s, f->node);
+  if (tg_chaos_watch_agent_lines(ctx->watch, idx) <= f->agent_lines_before) return 0;
+  uint64_t gen;
+  int holds;
+  int64_t when;
+  tg_chaos_watch_agent_last(ctx->watch, idx, &gen, &holds, &when);
+  add_note(f, "%s rejoined generation %llu %s", f->node, (unsigned long long)gen, holds ? "holding ranks" : "as a spare");
+  if (at) *at = when;
+  return 1;
+}
+
+/* After the heal, the fault stays in flight (already recovered) until
+ * the node's agent logs the world it came back to, so the next fault
+ * meets a settled job and the report says how the node returned. */
+static int rejoined(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  if (agent_logged_world(ctx, f, NULL)) return 1;
+  if (tg_clock_mono_ms() - f->healed_mono_ms > REJOIN_TIMEOUT_MS) {
+    add_note(f, "%s logged no world within %d s of the heal", f->node, REJOIN_TIMEOUT_MS / 1000);
+    return 1;
+  }
+  return 0;
+}
+
 /* The newest step of which some shard is persisted in dir; -1: none. */
 static int64_t newest_persisted(const char *dir, const char *job) {
   tg_ckpt_key keys[256];
@@ -161,12 +239,13 @@ static int disk_full_over(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   return 1;
 }
 
-/* A warning (a hot GPU, a narrow PCIe link, a pending row remap) must be
- * reported, naming the node, and must change nothing: the node keeps its
- * ranks and training goes on in the same world. Over once the record is
- * in the fault log (read at most once a second) and two more steps were
- * logged; the device is then healed, so later faults find it healthy. A
- * newer world means the job acted on a warning: not recovered. */
+/* A WARNING (a hot GPU, a narrow PCIe link, a pending row remap, a
+ * flapping NIC, NIC errors) must be reported, naming the node, and must
+ * change nothing: the node keeps its ranks and training goes on in the
+ * same world. Over once the record is in the fault log (read every
+ * WARNING_LOG_PERIOD_MS) and WARNING_STEPS more steps were logged; a fake
+ * GPU is then healed, so later faults find it healthy. A newer world
+ * means the job acted on a warning: not recovered. */
 static int warning_over(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   const tg_chaos_generation *gens;
   size_t n = tg_chaos_watch_generations(ctx->watch, &gens);
@@ -179,30 +258,33 @@ static int warning_over(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
     }
   int64_t step = tg_chaos_watch_max_step(ctx->watch), now = tg_clock_mono_ms();
   if (!f->detected) {
-    if (f->fault_log_read_mono_ms && now - f->fault_log_read_mono_ms < 1000) return 0;
-    f->fault_log_read_mono_ms = now;
+    if (now < f->next_log_read_mono_ms) return 0;
+    f->next_log_read_mono_ms = now + WARNING_LOG_PERIOD_MS;
     tg_chaos_match_fault_log(ctx, f, 1);
     if (!f->detected) return 0;
     f->step_at_detection = step;
   }
-  if (step < f->step_at_detection + 2) return 0;
+  if (step < f->step_at_detection + WARNING_STEPS) return 0;
   int rc = tg_chaos_device_heal(ctx, f);
   if (rc != 0) add_note(f, "cannot heal the fake GPU: %s", strerror(-rc));
-  add_note(f, "training went on to step %lld in the same world", (long long)step);
+  add_note(f, "a WARNING: reported, training went on to step %lld in the same world", (long long)step);
   kept_world(f, tg_clock_unix_ms());
   return 1;
 }
 
-/* 1 (and not recovered) once the fault's recovery_timeout_s has passed. */
+/* 1 (and not recovered) once the fault's recovery_timeout_s has passed;
+ * what the fault broke is mended for the faults after it. */
 static int timed_out(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   if (tg_clock_mono_ms() - f->injected_mono_ms <= ctx->s->recovery_timeout_s * 1000) return 0;
   f->state = TG_CHAOS_NOT_RECOVERED;
   add_note(f, "no recovery within %llds", (long long)ctx->s->recovery_timeout_s);
-  if (tg_chaos_kind_is_warning(f->spec.kind)) tg_chaos_device_heal(ctx, f);
+  heal(ctx, f, 0);
+  tg_chaos_device_heal(ctx, f);
   return 1;
 }
 
 int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  if (f->healed && f->healed_mono_ms) return rejoined(ctx, f);
   if (f->state != TG_CHAOS_IN_FLIGHT) return 1;
   if (tg_chaos_kind_is_warning(f->spec.kind)) return warning_over(ctx, f) || timed_out(ctx, f);
   tg_chaos_status st;
@@ -215,6 +297,15 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   const tg_chaos_generation *g = recovered_world(ctx, f);
   if (g) {
     resumed_in(ctx, f, g);
+    if (f->spec.kind == TG_CHAOS_SLOW_LINK && f->spec.delay_ms < ctx->s->cluster.heartbeat_timeout_ms)
+      add_note(f, "a new world although the delay was below the heartbeat timeout");
+    heal(ctx, f, 1);
+    return !f->healed_mono_ms;
+  }
+  if (tolerated(ctx, f)) {
+    kept_world(f, tg_clock_unix_ms());
+    add_note(f, "tolerated: no node lost, training never stopped");
+    heal(ctx, f, 0);
     return 1;
   }
   if (f->spec.kind == TG_CHAOS_COORDINATOR_CRASH && f->detected &&
@@ -236,15 +327,8 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
     return 1;
   }
   if (f->spec.kind == TG_CHAOS_DISK_FULL && disk_full_over(ctx, f)) return 1;
-  int idx = tg_chaos_node_index(ctx->s, f->node);
-  if (f->spec.kind == TG_CHAOS_HOST_RETURN && !f->expect_new_world &&
-      tg_chaos_watch_agent_lines(ctx->watch, idx) > f->agent_lines_before) {
-    uint64_t gen;
-    int holds;
-    int64_t at;
-    tg_chaos_watch_agent_last(ctx->watch, idx, &gen, &holds, &at);
-    add_note(f, "%s rejoined generation %llu %s", f->node, (unsigned long long)gen,
-             holds ? "holding ranks" : "as a spare");
+  int64_t at;
+  if (f->spec.kind == TG_CHAOS_HOST_RETURN && !f->expect_new_world && agent_logged_world(ctx, f, &at)) {
     kept_world(f, at);
     return 1;
   }

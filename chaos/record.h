@@ -46,6 +46,9 @@ typedef struct {
   int gpu;                          /* device kinds: the fake GPU written; -1: none */
   int64_t step_at_detection;        /* warning kinds: the newest step when the record was seen */
   int64_t fault_log_read_mono_ms;   /* warning kinds: when the fault log was last read */
+  int healed;                       /* network_partition, slow_link: the link is back (or could not be) */
+  int64_t healed_mono_ms;           /* when it came up; 0: not (yet) */
+  int64_t next_log_read_mono_ms;    /* nic_flap, nic_errors: when to read the fault log again */
 
   /* At injection. */
   int64_t injected_unix_ms, injected_mono_ms;
@@ -54,7 +57,7 @@ typedef struct {
   uint64_t generation_before;       /* newest world its trainers had joined */
   uint32_t world_before;
   size_t nodes_before;              /* nodes in the world (status) */
-  uint64_t agent_lines_before;      /* host_return: lines in the node's agent log */
+  uint64_t agent_lines_before;      /* host_return, network_partition: lines in the node's agent log */
 
   /* Detection. */
   int detected;
@@ -123,6 +126,7 @@ typedef struct {
   uint64_t rng;
   int lost[TG_CHAOS_MAX_NODES];     /* killed by a fault and not returned */
   int drained[TG_CHAOS_MAX_NODES];
+  int cut[TG_CHAOS_MAX_NODES];      /* network_partition, slow_link: its link is down or slow */
 } tg_chaos_ctx;
 
 #endif

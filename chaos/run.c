@@ -33,6 +33,8 @@ typedef struct {
   tg_chaos_result *res;
   char dir[256];
   tg_etcd_cluster *etcd;
+  tg_netns *net;    /* namespace mode: one host per node, and the uplink */
+  const char *host; /* where etcd and the coordinators listen: 127.0.0.1 or the uplink */
 } run_state;
 
 static int stopping(const run_state *r) { return r->o->stop && *r->o->stop; }
@@ -88,6 +90,7 @@ static int run_command(const char *const *argv) {
  * room for the few persisted steps of a scenario's small model. */
 #define DISK_FULL_FS_MIB 64
 
+/* Whether the scenario lists a fault of `kind`, or its soak may draw one. */
 static int uses_kind(const tg_chaos_scenario *s, tg_chaos_kind kind) {
   for (size_t i = 0; i < s->n_faults; i++)
     if (s->faults[i].kind == kind) return 1;
@@ -98,7 +101,7 @@ static int uses_kind(const tg_chaos_scenario *s, tg_chaos_kind kind) {
 
 static tg_chaos_cluster *new_cluster(run_state *r, const char *job, const char *dir, int nodes, int max_nodes,
                                      int coordinators, int persist, int ckpt_fs_mib, const tg_chaos_cluster_spec *spec,
-                                     const char *params) {
+                                     const char *params, tg_netns *net) {
   char err[512];
   if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
     setup_error(r, "%s: %s", dir, strerror(errno));
@@ -107,11 +110,30 @@ static tg_chaos_cluster *new_cluster(run_state *r, const char *job, const char *
   tg_chaos_cluster_config cfg = {.job = job, .dir = dir, .etcd_endpoints = tg_etcd_cluster_endpoints(r->etcd),
                                  .bins = r->o->bins, .nodes = nodes, .max_nodes = max_nodes,
                                  .coordinators = coordinators, .persist = persist, .ckpt_fs_mib = ckpt_fs_mib,
-                                 .spec = spec,
-                                 .training = &r->o->scenario->training, .params_out = params};
+                                 .spec = spec, .training = &r->o->scenario->training, .params_out = params, .net = net,
+                                 .host = r->host,
+                                 /* the faulted job (the one that persists), not the reference */
+                                 .slow_links = persist && uses_kind(r->o->scenario, TG_CHAOS_SLOW_LINK)};
   tg_chaos_cluster *c = tg_chaos_cluster_new(&cfg, err, sizeof err);
   if (!c) setup_error(r, "%s", err);
   return c;
+}
+
+/* Namespace mode: a host per node, joined by a bridge, and an uplink
+ * from this namespace, where etcd, the coordinators and tg-chaos itself
+ * stay. Refused with the reason where namespaces cannot be made. */
+static int start_network(run_state *r) {
+  const tg_chaos_scenario *s = r->o->scenario;
+  char why[512];
+  if (!tg_netns_available(why, sizeof why))
+    return setup_error(r, "cluster.network \"namespaces\": %s", why);
+  r->net = tg_netns_new(s->cluster.agents + s->cluster.spares, why, sizeof why);
+  if (!r->net) return setup_error(r, "cluster.network \"namespaces\": %s", why);
+  r->host = tg_netns_uplink(r->net, why, sizeof why);
+  if (!r->host) return setup_error(r, "cluster.network \"namespaces\": uplink: %s", why);
+  TG_INFO("network: %d hosts %s..%s, etcd and coordinators on %s", tg_netns_size(r->net), tg_netns_addr(r->net, 0),
+          tg_netns_addr(r->net, tg_netns_size(r->net) - 1), r->host);
+  return 0;
 }
 
 /* Waits until cond(arg) holds; 0, or -1 past timeout_ms or on a stop. */
@@ -153,7 +175,9 @@ static int run_reference(run_state *r) {
   tg_chaos_cluster_spec spec = s->cluster;
   spec.min_nodes = 1;
   int64_t t0 = tg_clock_mono_ms();
-  tg_chaos_cluster *c = new_cluster(r, job, dir, 1, 1, 1, 0, 0, &spec, res->reference_params);
+  /* Local processes whatever the mode: the parameters do not depend on
+   * where the ranks run. */
+  tg_chaos_cluster *c = new_cluster(r, job, dir, 1, 1, 1, 0, 0, &spec, res->reference_params, NULL);
   if (!c) return -1;
   TG_INFO("reference: training %lld steps without faults on 1 node x %d slots (job %s)",
           (long long)s->training.steps, s->cluster.slots, job);
@@ -317,7 +341,7 @@ static tg_chaos_fault *soak_fault(tg_chaos_ctx *ctx, tg_chaos_result *res, int64
     if (tg_chaos_feasible(ctx, s->soak_kinds[i])) feasible[n++] = s->soak_kinds[i];
   if (n == 0) return NULL;
   tg_chaos_fault_spec spec = {.kind = feasible[tg_chaos_draw(ctx, n)], .at_step = at_step, .at_ms = -1,
-                              .random_target = 1, .slot = -1};
+                              .random_target = 1, .slot = -1, .delay_ms = -1};
   return add_fault(res, &spec, 1);
 }
 
@@ -433,7 +457,7 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
   snprintf(res->scenario_path, sizeof res->scenario_path, "%s", o->scenario_path);
   res->started_unix_ms = tg_clock_unix_ms();
   snprintf(res->job, sizeof res->job, "chaos-%d-%lld", (int)getpid(), (long long)(res->started_unix_ms % 1000000000));
-  run_state r = {.o = o, .res = res};
+  run_state r = {.o = o, .res = res, .host = "127.0.0.1"};
   tg_chaos_ctx ctx = {.s = s, .rng = s->seed};
   char err[512];
   int ran = 0;
@@ -446,7 +470,9 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
     goto out;
   }
   TG_INFO("scenario %s: run directory %s", s->name, r.dir);
-  r.etcd = tg_etcd_cluster_start(s->cluster.etcd_members, err, sizeof err);
+  if (s->cluster.namespaces && start_network(&r) != 0) goto out;
+  tg_etcd_cluster_opts eo = {.members = s->cluster.etcd_members, .client_host = r.host};
+  r.etcd = tg_etcd_cluster_start_opts(&eo, err, sizeof err);
   if (!r.etcd) {
     setup_error(&r, "etcd: %s", err);
     goto out;
@@ -456,7 +482,7 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
   snprintf(res->params, sizeof res->params, "%s/chaos.params", r.dir);
   ctx.cluster = new_cluster(&r, res->job, r.dir, s->cluster.agents + s->cluster.spares, s->cluster.agents,
                             s->cluster.coordinators, 1, uses_kind(s, TG_CHAOS_DISK_FULL) ? DISK_FULL_FS_MIB : 0,
-                            &s->cluster, res->params);
+                            &s->cluster, res->params, r.net);
   if (!ctx.cluster) goto out;
   ctx.etcd = r.etcd;
   ctx.watch = tg_chaos_watch_new(ctx.cluster);
@@ -491,6 +517,7 @@ out:
   }
   tg_chaos_poller_stop(ctx.poller);
   tg_chaos_cluster_free(ctx.cluster);
+  tg_netns_free(r.net); /* after the processes that ran there */
   if (ran && !res->interrupted)
     tg_chaos_check_invariants(&ctx, res, res->params, res->reference_params);
   tg_chaos_watch_free(ctx.watch);

@@ -1,8 +1,9 @@
-/* One tg-chaos run, start to end: a fresh etcd and directory, the
- * fault-free reference training, the cluster, the timeline of faults
- * (then the soak), and the judgement. Everything it starts is stopped and
- * everything it made is removed on every path out, including a stop
- * request (SIGINT/SIGTERM set *stop; every wait checks it). */
+/* One tg-chaos run, start to end: a fresh directory (and in namespace
+ * mode a host per node), a fresh etcd, the fault-free reference training,
+ * the cluster, the timeline of faults (then the soak), and the
+ * judgement. Everything it starts is stopped and everything it made is
+ * removed on every path out, including a stop request (SIGINT/SIGTERM set
+ * *stop; every wait checks it). */
 #ifndef TG_CHAOS_RUN_H
 #define TG_CHAOS_RUN_H
 

@@ -20,12 +20,12 @@ static const char *const kind_names[TG_CHAOS_KIND_COUNT] = {
     "trainer_crash", "trainer_segv", "hang", "host_loss", "host_return",
     "drain", "coordinator_crash", "corrupt_replica", "lose_all_copies",
     "gpu_xid", "gpu_ecc", "gpu_lost", "nic_down", "etcd_member_crash",
+    "network_partition", "nic_flap", "nic_errors", "slow_link",
     "disk_full", "gpu_thermal", "gpu_pcie", "gpu_row_remap",
 };
 
 /* Planned kinds (DESIGN.md, issue 6) that this cut refuses by name. */
 static const char *const unsupported_kinds[] = {
-    "nic_flap", "nic_errors", "network_partition", "slow_link",
     "silent_data_corruption", "nan_loss", "straggler",
 };
 
@@ -34,7 +34,8 @@ const char *tg_chaos_kind_name(tg_chaos_kind kind) {
 }
 
 int tg_chaos_kind_is_warning(tg_chaos_kind kind) {
-  return kind == TG_CHAOS_GPU_THERMAL || kind == TG_CHAOS_GPU_PCIE || kind == TG_CHAOS_GPU_ROW_REMAP;
+  return kind == TG_CHAOS_GPU_THERMAL || kind == TG_CHAOS_GPU_PCIE || kind == TG_CHAOS_GPU_ROW_REMAP ||
+         kind == TG_CHAOS_NIC_FLAP || kind == TG_CHAOS_NIC_ERRORS;
 }
 
 int tg_chaos_kind_parse(const char *name) {
@@ -58,6 +59,10 @@ tg_chaos_target_type tg_chaos_kind_target(tg_chaos_kind kind) {
   case TG_CHAOS_GPU_ECC:
   case TG_CHAOS_GPU_LOST:
   case TG_CHAOS_NIC_DOWN:
+  case TG_CHAOS_NETWORK_PARTITION:
+  case TG_CHAOS_NIC_FLAP:
+  case TG_CHAOS_NIC_ERRORS:
+  case TG_CHAOS_SLOW_LINK:
   case TG_CHAOS_GPU_THERMAL:
   case TG_CHAOS_GPU_PCIE:
   case TG_CHAOS_GPU_ROW_REMAP: return TG_CHAOS_TARGET_NODE;
@@ -181,7 +186,7 @@ static int get_kind(const cJSON *item, const char *path, tg_chaos_kind *out, cha
     return fail(err, errlen, "%s: kind \"%s\" is not supported yet (see chaos/README.md)", path,
                 item->valuestring);
   if (k < 0) {
-    char list[256] = "";
+    char list[512] = "";
     for (int i = 0; i < TG_CHAOS_KIND_COUNT; i++)
       snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", kind_names[i]);
     return fail(err, errlen, "%s: unknown kind %s (expected one of: %s)", path, shown(item, buf, sizeof buf), list);
@@ -195,7 +200,7 @@ static int get_kind(const cJSON *item, const char *path, tg_chaos_kind *out, cha
 static int parse_cluster(const cJSON *c, tg_chaos_cluster_spec *cl, char *err, size_t errlen) {
   static const char *const fields[] = {"agents", "slots", "spares", "coordinators", "min_nodes",
                                        "heartbeat_timeout_ms", "persist_every", "hang_floor_ms", "ckpt_mib",
-                                       "etcd_members", NULL};
+                                       "etcd_members", "network", NULL};
   if (!c) return fail(err, errlen, "cluster: missing (an object with at least \"agents\")");
   if (check_fields(c, "cluster", fields, err, errlen) != 0 ||
       get_int32(c, "cluster", "agents", 1, TG_CHAOS_MAX_AGENTS, 1, 0, &cl->agents, err, errlen) != 0 ||
@@ -211,6 +216,14 @@ static int parse_cluster(const cJSON *c, tg_chaos_cluster_spec *cl, char *err, s
       get_int(c, "cluster", "ckpt_mib", 1, 4096, 0, 32, &cl->ckpt_mib, err, errlen) != 0 ||
       get_int32(c, "cluster", "etcd_members", 1, 5, 0, 1, &cl->etcd_members, err, errlen) != 0)
     return -1;
+  char network[16];
+  if (get_string(c, "cluster", "network", 0, network, sizeof network, err, errlen) != 0) return -1;
+  if (network[0] && strcmp(network, "local") != 0 && strcmp(network, "namespaces") != 0)
+    return fail(err, errlen, "cluster.network: expected \"local\" or \"namespaces\", got \"%s\"", network);
+  cl->namespaces = strcmp(network, "namespaces") == 0;
+  if (cl->namespaces && cl->agents + cl->spares > TG_CHAOS_MAX_NETNS_NODES)
+    return fail(err, errlen, "cluster.network: \"namespaces\" puts every node on a host of its own, at most %d "
+                "(agents + spares), got %d", TG_CHAOS_MAX_NETNS_NODES, cl->agents + cl->spares);
   return 0;
 }
 
@@ -252,6 +265,9 @@ static int kind_fits(const tg_chaos_scenario *s, tg_chaos_kind kind, const char 
   if (kind == TG_CHAOS_DISK_FULL && s->training.steps <= 3 * c->persist_every)
     return fail(err, errlen, "%s: disk_full needs training.steps above 3 x cluster.persist_every (a persist that "
                 "fails, then one after the space is freed)", path);
+  if (kind == TG_CHAOS_NETWORK_PARTITION && !c->namespaces)
+    return fail(err, errlen, "%s: network_partition needs cluster.network \"namespaces\" (every node on a host of "
+                "its own); local processes share one network", path);
   if (kind == TG_CHAOS_COORDINATOR_CRASH && c->coordinators < 2)
     return fail(err, errlen, "%s: coordinator_crash needs cluster.coordinators >= 2 (a standby to take over)", path);
   if (kind == TG_CHAOS_LOSE_ALL_COPIES) {
@@ -301,7 +317,7 @@ static int parse_target(const cJSON *f, const tg_chaos_scenario *s, tg_chaos_fau
 }
 
 static int parse_fault(const cJSON *f, tg_chaos_scenario *s, size_t i, char *err, size_t errlen) {
-  static const char *const fields[] = {"kind", "at_step", "at_ms", "target", "comment", NULL};
+  static const char *const fields[] = {"kind", "at_step", "at_ms", "target", "delay_ms", "comment", NULL};
   char path[32];
   snprintf(path, sizeof path, "faults[%zu]", i);
   tg_chaos_fault_spec *spec = &s->faults[i];
@@ -320,6 +336,12 @@ static int parse_fault(const cJSON *f, tg_chaos_scenario *s, size_t i, char *err
   if (get_int(f, path, "at_step", 1, s->training.steps - 1, 0, -1, &spec->at_step, err, errlen) != 0 ||
       get_int(f, path, "at_ms", 0, s->deadline_s * 1000, 0, -1, &spec->at_ms, err, errlen) != 0)
     return -1;
+  int has_delay = cJSON_GetObjectItemCaseSensitive(f, "delay_ms") != NULL;
+  if (has_delay != (spec->kind == TG_CHAOS_SLOW_LINK))
+    return fail(err, errlen, has_delay ? "%s.delay_ms: only slow_link takes a delay"
+                                       : "%s.delay_ms: missing (slow_link: an integer in 1..600000, ms each byte "
+                                         "between the node's agent and the coordinators is held)", path);
+  if (get_int(f, path, "delay_ms", 1, 600000, 0, -1, &spec->delay_ms, err, errlen) != 0) return -1;
   if (spec->kind == TG_CHAOS_LOSE_ALL_COPIES && has_step && spec->at_step <= s->cluster.persist_every)
     return fail(err, errlen, "%s.at_step: lose_all_copies resumes from disk, so a step must be persisted first: "
                 "at_step must exceed cluster.persist_every (%lld)", path, (long long)s->cluster.persist_every);
@@ -354,6 +376,8 @@ static int parse_soak(const cJSON *o, tg_chaos_scenario *s, char *err, size_t er
     tg_chaos_kind kind;
     if (i >= TG_CHAOS_KIND_COUNT) return fail(err, errlen, "%s: the list repeats a kind", path);
     if (get_kind(k, path, &kind, err, errlen) != 0 || kind_fits(s, kind, path, err, errlen) != 0) return -1;
+    if (kind == TG_CHAOS_SLOW_LINK)
+      return fail(err, errlen, "%s: slow_link needs a delay_ms, which soak faults do not have", path);
     for (size_t j = 0; j < s->n_soak_kinds; j++)
       if (s->soak_kinds[j] == kind) return fail(err, errlen, "%s: %s is listed twice", path, kind_names[kind]);
     s->soak_kinds[s->n_soak_kinds++] = kind;

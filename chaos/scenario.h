@@ -23,6 +23,7 @@
 #define TG_CHAOS_MAX_RANKS (TG_CHAOS_MAX_NODES * TG_CHAOS_MAX_SLOTS)
 #define TG_CHAOS_MAX_COORDINATORS 3
 #define TG_CHAOS_MAX_FAULTS 256
+#define TG_CHAOS_MAX_NETNS_NODES 16 /* hosts of one tests/harness/netns cluster */
 #define TG_CHAOS_NAME_MAX 64
 
 /* The fault kinds this cut injects. */
@@ -41,6 +42,10 @@ typedef enum {
   TG_CHAOS_GPU_LOST,           /* one of a node's fake GPUs stops answering (lost) */
   TG_CHAOS_NIC_DOWN,           /* the node's fake NIC eth0 loses carrier */
   TG_CHAOS_ETCD_MEMBER_CRASH,  /* SIGKILL the etcd leader (restarted once training went on) */
+  TG_CHAOS_NETWORK_PARTITION,  /* cut a node's host off the network (namespaces), healed after recovery */
+  TG_CHAOS_NIC_FLAP,           /* the node's fake NIC eth0 flaps (carrier_changes +4): a WARNING */
+  TG_CHAOS_NIC_ERRORS,         /* the node's fake NIC eth0 counts 100 rx errors: a WARNING */
+  TG_CHAOS_SLOW_LINK,          /* the node's agent-coordinator link delayed (tg-chaos's proxy) */
   TG_CHAOS_DISK_FULL,          /* fill the checkpoint filesystem (a tmpfs tg-chaos mounts); freed later */
   TG_CHAOS_GPU_THERMAL,        /* a fake GPU at 92 C, thermally throttled (a WARNING); cooled later */
   TG_CHAOS_GPU_PCIE,           /* a fake GPU's PCIe link down to x8 of x16 (a WARNING); restored later */
@@ -72,6 +77,7 @@ typedef struct {
   int random_target;           /* 1: drawn from the seed when the fault fires */
   char node[TG_CHAOS_NAME_MAX]; /* explicit target node ("n2"), or "" */
   int slot;                    /* explicit target slot, or -1 */
+  int64_t delay_ms;            /* slow_link: how long each byte is held; -1: unused */
 } tg_chaos_fault_spec;
 
 typedef struct {
@@ -85,6 +91,7 @@ typedef struct {
   int64_t hang_floor_ms; /* the agents' shortest hang timeout */
   int64_t ckpt_mib;      /* each node's in-memory checkpoint store */
   int etcd_members;      /* members of the job's etcd cluster */
+  int namespaces;        /* cluster.network "namespaces": every node on a host of its own (root) */
 } tg_chaos_cluster_spec;
 
 /* Passed to tg-train (same names as its flags). */

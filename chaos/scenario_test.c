@@ -33,7 +33,8 @@ static void test_shipped_scenarios_parse(void **state) {
   (void)state;
   const char *names[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
                          "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak",
-                         "device_faults", "etcd_member_crash", "disk_full", "gpu_warnings", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl"};
+                         "device_faults", "etcd_member_crash", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl",
+                         "network_partition", "nic_warnings", "slow_link", "disk_full", "gpu_warnings"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char path[256], err[512];
     snprintf(path, sizeof path, "chaos/scenarios/%s.json", names[i]);
@@ -110,7 +111,7 @@ static void test_bad_input(void **state) {
          NULL);
   expect("{" BASE ", \"faults\": {}}", "faults: must be a list");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5}]}", "faults[0].kind: missing");
-  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\"}]}", "is not supported yet");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"nan_loss\"}]}", "is not supported yet");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"meteor\"}]}", "unknown kind");
   expect("{" BASE ", \"faults\": [{\"kind\": \"hang\"}]}", "exactly one of at_step and at_ms");
   expect("{" BASE ", \"faults\": [{\"at_step\": 100, \"kind\": \"hang\"}]}", "faults[0].at_step: must be");
@@ -139,8 +140,77 @@ static void test_bad_input(void **state) {
   expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": []}}", "soak.kinds: must be");
   expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"hang\", \"hang\"]}}",
          "listed twice");
-  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"slow_link\"]}}",
+  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"nan_loss\"]}}",
          "not supported yet");
+}
+
+/* cluster.network and the kinds that need a network of their own. */
+static void test_network(void **state) {
+  (void)state;
+  char err[512];
+  const char *ns = "{\"name\": \"t\", \"cluster\": {\"agents\": 3, \"spares\": 1, \"network\": \"namespaces\"}, "
+                   "\"training\": {\"steps\": 50}, \"faults\": ["
+                   "{\"at_step\": 5, \"kind\": \"network_partition\", \"target\": {\"node\": \"n1\"}},"
+                   "{\"at_step\": 9, \"kind\": \"nic_flap\"},"
+                   "{\"at_step\": 12, \"kind\": \"nic_errors\", \"target\": {\"node\": \"n3\"}}]}";
+  tg_chaos_scenario *s = tg_chaos_scenario_parse(ns, strlen(ns), err, sizeof err);
+  if (!s) fail_msg("%s", err);
+  assert_int_equal(s->cluster.namespaces, 1);
+  assert_int_equal(s->faults[0].kind, TG_CHAOS_NETWORK_PARTITION);
+  assert_string_equal(s->faults[0].node, "n1");
+  assert_int_equal(s->faults[1].kind, TG_CHAOS_NIC_FLAP);
+  assert_int_equal(s->faults[1].random_target, 1);
+  assert_int_equal(s->faults[2].kind, TG_CHAOS_NIC_ERRORS);
+  tg_chaos_scenario_free(s);
+  const char *local = "{" BASE "}";
+  s = tg_chaos_scenario_parse(local, strlen(local), err, sizeof err);
+  if (!s) fail_msg("%s", err);
+  assert_int_equal(s->cluster.namespaces, 0);
+  tg_chaos_scenario_free(s);
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2, \"network\": \"local\"}, \"training\": {\"steps\": 5}}",
+         NULL);
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2, \"network\": \"vlan\"}, \"training\": {\"steps\": 5}}",
+         "cluster.network: expected \"local\" or \"namespaces\", got \"vlan\"");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2, \"network\": 1}, \"training\": {\"steps\": 5}}",
+         "cluster.network: must be a string");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2, \"network\": \"namespacesnamespaces\"}, "
+         "\"training\": {\"steps\": 5}}",
+         "cluster.network: longer than");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 16, \"spares\": 1, \"network\": \"namespaces\"}, "
+         "\"training\": {\"steps\": 5}}",
+         "cluster.network: \"namespaces\" puts every node on a host of its own, at most 16 (agents + spares), got 17");
+  /* Local processes share one network: a partition is refused by name. */
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"network_partition\"}]}",
+         "faults[0]: network_partition needs cluster.network \"namespaces\"");
+  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"network_partition\"]}}",
+         "soak.kinds[0]: network_partition needs cluster.network \"namespaces\"");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"nic_flap\", \"target\": {\"node\": \"n1\", "
+         "\"slot\": 0}}]}",
+         "target.slot: unknown field");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"nic_errors\", \"target\": {\"node\": \"n7\"}}]}",
+         "no node \"n7\"");
+  /* slow_link: works in either mode, with a delay of its own. */
+  const char *slow = "{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\", \"delay_ms\": 250},"
+                     "{\"at_step\": 6, \"kind\": \"hang\"}]}";
+  s = tg_chaos_scenario_parse(slow, strlen(slow), err, sizeof err);
+  if (!s) fail_msg("%s", err);
+  assert_int_equal(s->faults[0].kind, TG_CHAOS_SLOW_LINK);
+  assert_int_equal(s->faults[0].delay_ms, 250);
+  assert_int_equal(s->faults[0].random_target, 1);
+  assert_int_equal(s->faults[1].delay_ms, -1);
+  tg_chaos_scenario_free(s);
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\"}]}",
+         "faults[0].delay_ms: missing (slow_link: an integer in 1..600000");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\", \"delay_ms\": 0}]}",
+         "faults[0].delay_ms: must be an integer in 1..600000, got 0");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\", \"delay_ms\": \"1s\"}]}",
+         "faults[0].delay_ms: must be an integer");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\", \"delay_ms\": 1e12}]}",
+         "faults[0].delay_ms: must be an integer in 1..600000");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"hang\", \"delay_ms\": 5}]}",
+         "faults[0].delay_ms: only slow_link takes a delay");
+  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"slow_link\"]}}",
+         "soak.kinds[0]: slow_link needs a delay_ms");
 }
 
 static void test_size_bound(void **state) {
@@ -160,6 +230,7 @@ int main(void) {
       cmocka_unit_test(test_shipped_scenarios_parse),
       cmocka_unit_test(test_good_scenario),
       cmocka_unit_test(test_bad_input),
+      cmocka_unit_test(test_network),
       cmocka_unit_test(test_size_bound),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

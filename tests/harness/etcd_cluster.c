@@ -52,8 +52,8 @@ typedef struct {
   char name[16];
   char data_dir[PATH_MAX];
   char log_path[PATH_MAX];
-  char endpoint[32];
-  char url[64];
+  char endpoint[64];
+  char url[80];
   tg_proc *proc; /* NULL when not running */
 } member;
 
@@ -62,11 +62,12 @@ struct tg_etcd_cluster {
   member m[TG_ETCD_CLUSTER_MAX_MEMBERS];
   char dir[DIR_MAX];
   char scheme[8];
+  char client_host[48]; /* where clients reach the members */
   char etcd_path[PATH_MAX];
   char *extra[MAX_EXTRA_ARGS];
   int n_extra;
-  char endpoints[TG_ETCD_CLUSTER_MAX_MEMBERS * 32];
-  char urls[TG_ETCD_CLUSTER_MAX_MEMBERS * 64];
+  char endpoints[TG_ETCD_CLUSTER_MAX_MEMBERS * 64];
+  char urls[TG_ETCD_CLUSTER_MAX_MEMBERS * 80];
   char initial_cluster[TG_ETCD_CLUSTER_MAX_MEMBERS * 64];
   char token[64];
   int64_t start_timeout_ms;
@@ -264,8 +265,8 @@ static int member_alive(member *mb, char *why, size_t whylen) {
 
 static int spawn_member(tg_etcd_cluster *c, int i, char *err, size_t errlen) {
   member *mb = &c->m[i];
-  char client_url[64], peer_url[64], metrics_url[64];
-  snprintf(client_url, sizeof client_url, "%s://127.0.0.1:%d", c->scheme, mb->client_port);
+  char client_url[80], peer_url[64], metrics_url[64];
+  snprintf(client_url, sizeof client_url, "%s://%s:%d", c->scheme, c->client_host, mb->client_port);
   snprintf(peer_url, sizeof peer_url, "http://127.0.0.1:%d", mb->peer_port);
   snprintf(metrics_url, sizeof metrics_url, "http://127.0.0.1:%d", mb->metrics_port);
   const char *argv[MAX_ARGS];
@@ -363,8 +364,8 @@ static void layout_members(tg_etcd_cluster *c, const int *ports) {
     mb->client_port = ports[3 * i];
     mb->peer_port = ports[3 * i + 1];
     mb->metrics_port = ports[3 * i + 2];
-    snprintf(mb->endpoint, sizeof mb->endpoint, "127.0.0.1:%d", mb->client_port);
-    snprintf(mb->url, sizeof mb->url, "%s://127.0.0.1:%d", c->scheme, mb->client_port);
+    snprintf(mb->endpoint, sizeof mb->endpoint, "%s:%d", c->client_host, mb->client_port);
+    snprintf(mb->url, sizeof mb->url, "%s://%s:%d", c->scheme, c->client_host, mb->client_port);
     ep += (size_t)snprintf(c->endpoints + ep, sizeof c->endpoints - ep, "%s%s", i ? "," : "",
                            mb->endpoint);
     up += (size_t)snprintf(c->urls + up, sizeof c->urls - up, "%s%s", i ? "," : "", mb->url);
@@ -432,6 +433,11 @@ tg_etcd_cluster *tg_etcd_cluster_start_opts(const tg_etcd_cluster_opts *opts, ch
   }
   c->n = opts->members;
   snprintf(c->scheme, sizeof c->scheme, "%s", scheme);
+  if (opts->client_host && strlen(opts->client_host) >= sizeof c->client_host) {
+    set_err(err, errlen, "etcd cluster: client host %s is too long", opts->client_host);
+    goto err;
+  }
+  snprintf(c->client_host, sizeof c->client_host, "%s", opts->client_host ? opts->client_host : "127.0.0.1");
   c->start_timeout_ms = opts->start_timeout_ms > 0 ? opts->start_timeout_ms : 15000;
   for (int k = 0; opts->extra_args && opts->extra_args[k]; k++) {
     if (c->n_extra == MAX_EXTRA_ARGS) {

@@ -31,6 +31,9 @@ typedef struct {
   const char *client_scheme;     /* "http" (NULL) or "https" for the client URLs */
   const char *const *extra_args; /* NULL-terminated extra etcd flags, e.g. TLS files */
   int64_t start_timeout_ms;      /* until every member is healthy; 0: 15000 */
+  const char *client_host;       /* an IPv4 address of this machine the client URLs listen on and
+                                    advertise (e.g. a network-namespace bridge's, netns.h); NULL:
+                                    127.0.0.1. Peer and metrics URLs stay on loopback. */
 } tg_etcd_cluster_opts;
 
 /* Starts a cluster of `members` plain-HTTP members and waits until it is
@@ -45,7 +48,8 @@ void tg_etcd_cluster_free(tg_etcd_cluster *c);
 
 int tg_etcd_cluster_size(const tg_etcd_cluster *c);
 
-/* "127.0.0.1:A,127.0.0.1:B,..." (client ports, no scheme). */
+/* "127.0.0.1:A,127.0.0.1:B,..." (client ports, no scheme; client_host instead of
+ * 127.0.0.1 where one was given). */
 const char *tg_etcd_cluster_endpoints(const tg_etcd_cluster *c);
 /* "127.0.0.1:A" for member i, or NULL if i is out of range. */
 const char *tg_etcd_cluster_endpoint(const tg_etcd_cluster *c, int i);

@@ -33,6 +33,8 @@ struct tg_netns {
   char switch_name[NAME_MAX_LEN];
   char host_name[TG_NETNS_MAX_HOSTS][NAME_MAX_LEN];
   char addr[TG_NETNS_MAX_HOSTS][20];
+  char uplink_name[16]; /* the uplink's end in this process's namespace */
+  char uplink_addr[20]; /* "" until tg_netns_uplink */
 };
 
 static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -209,6 +211,7 @@ tg_netns *tg_netns_new(int n_hosts, char *err, size_t errlen) {
   n->n_hosts = n_hosts;
   n->subnet = (pid + k) % 254 + 1;
   snprintf(n->switch_name, sizeof n->switch_name, "tgns-%d-%d-sw", pid, k);
+  snprintf(n->uplink_name, sizeof n->uplink_name, "tgup-%d-%d", pid, k % 100); /* IFNAMSIZ: 15 */
   for (int i = 0; i < n_hosts; i++) {
     snprintf(n->host_name[i], sizeof n->host_name[i], "tgns-%d-%d-h%d", pid, k, i);
     snprintf(n->addr[i], sizeof n->addr[i], "10.77.%d.%d", n->subnet, i + 1);
@@ -235,10 +238,31 @@ void tg_netns_free(tg_netns *n) {
   for (int i = 0; i < n->n_hosts; i++)
     if (n->host_made[i]) IP(NULL, NULL, 0, "netns", "delete", n->host_name[i]);
   if (n->switch_made) IP(NULL, NULL, 0, "netns", "delete", n->switch_name);
+  /* The uplink's end here dies with its peer in the switch; should the
+   * kernel still be tearing the pair down, delete it by name. */
+  if (n->uplink_addr[0]) IP(NULL, NULL, 0, "link", "delete", n->uplink_name);
   free(n);
 }
 
 int tg_netns_size(const tg_netns *n) { return n->n_hosts; }
+
+const char *tg_netns_uplink(tg_netns *n, char *err, size_t errlen) {
+  if (n->uplink_addr[0]) return n->uplink_addr;
+  char pid[16], cidr[32], addr[20];
+  snprintf(pid, sizeof pid, "%d", (int)getpid());
+  snprintf(addr, sizeof addr, "10.77.%d.254", n->subnet);
+  snprintf(cidr, sizeof cidr, "%s/24", addr);
+  /* Made from inside the switch, as the hosts' links are: "netns PID"
+   * puts the far end in this process's namespace. */
+  if (IP(n->switch_name, err, errlen, "link", "add", "up0", "type", "veth", "peer", "name", n->uplink_name,
+         "netns", pid) != 0 ||
+      IP(n->switch_name, err, errlen, "link", "set", "up0", "master", "br0", "up") != 0 ||
+      IP(NULL, err, errlen, "addr", "add", cidr, "dev", n->uplink_name) != 0 ||
+      IP(NULL, err, errlen, "link", "set", n->uplink_name, "up") != 0)
+    return NULL;
+  snprintf(n->uplink_addr, sizeof n->uplink_addr, "%s", addr);
+  return n->uplink_addr;
+}
 
 static int valid_host(const tg_netns *n, int host) { return n && host >= 0 && host < n->n_hosts; }
 

@@ -5,7 +5,7 @@
  * Each host is a Linux network namespace with loopback up and one veth
  * link "eth0" whose other end is a port of a bridge. The bridge lives in a
  * namespace of its own (the "switch"), so the machine's own network is
- * never touched and two tests running at once never see each other: every
+ * never touched (but for an uplink a test asks for, tg_netns_uplink) and two tests running at once never see each other: every
  * name carries the test's pid and a counter, and the hosts share a private
  * 10.77.X.0/24 (X from the pid), host i being 10.77.X.(i+1).
  *
@@ -59,6 +59,17 @@ int tg_netns_size(const tg_netns *n);
  * ("10.77.X.Y"); NULL for an i out of range. */
 const char *tg_netns_name(const tg_netns *n, int host);
 const char *tg_netns_addr(const tg_netns *n, int host);
+
+/* Joins the namespace this process runs in (normally the machine's own)
+ * to the switch as one more port: a veth named "tgup-<pid>-<k>" with
+ * address 10.77.X.254/24, so processes started here without
+ * tg_netns_start (an etcd, coordinators, the test itself) reach every
+ * host and every host reaches them at that address. The only change to
+ * this namespace; the link dies with the switch (tg_netns_free, or a
+ * later tg_netns_new removing a killed test's namespaces). Cutting a host
+ * cuts it off from this address too. Returns the address (idempotent),
+ * or NULL with a reason. */
+const char *tg_netns_uplink(tg_netns *n, char *err, size_t errlen);
 
 /* tg_proc_start inside host i. */
 tg_proc *tg_netns_start(tg_netns *n, int host, const char *const *argv, const char *log_path,

@@ -48,6 +48,25 @@ const char *tg_last_error(const tg_trainer *t) { return t->error; }
 
 static void abandon_old_world(tg_trainer *t);
 
+/* The address this rank's collectives listen on: the host its agent
+ * advertises to other nodes ("10.77.1.2:7100" gives "10.77.1.2"), so ranks
+ * on separate hosts (network namespaces, machines) reach each other the
+ * way the agents do; 127.0.0.1 when the agent says nothing usable. */
+static void collective_host(const char *agent_address, char *out, size_t len) {
+  const char *colon = strrchr(agent_address, ':');
+  size_t n = colon ? (size_t)(colon - agent_address) : 0;
+  if (n >= 2 && agent_address[0] == '[' && agent_address[n - 1] == ']') {
+    agent_address++;
+    n -= 2;
+  }
+  if (n == 0 || n >= len) {
+    snprintf(out, len, "127.0.0.1");
+    return;
+  }
+  snprintf(out, len, "%.*s", (int)n, agent_address);
+  if (strcmp(out, "0.0.0.0") == 0 || strcmp(out, "::") == 0) snprintf(out, len, "127.0.0.1");
+}
+
 /* Advances this slot's alive counter until tg_free: it stops only when
  * the whole process does. */
 static void *alive_main(void *arg) {
@@ -188,6 +207,8 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
   snprintf(t->node_id, sizeof t->node_id, "%s", r->node_id);
   snprintf(t->agent_address, sizeof t->agent_address, "%s", r->agent_address);
   snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s", r->ckpt_dir);
+  char host[256];
+  collective_host(r->agent_address, host, sizeof host);
   tg_comm_config cc = {.backend = t->backend,
                        .cuda_device = t->cuda_device,
                        .rank = r->rank,
@@ -195,7 +216,7 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
                        .generation = (int64_t)r->world->generation,
                        .store_address = r->world->store_address,
                        .store_prefix = r->world->store_prefix,
-                       .host = "127.0.0.1",
+                       .host = host,
                        .connect_timeout_ms = CONNECT_MS};
   cc.cancelled = joining_cancelled;
   cc.cancel_user = t;
