@@ -209,7 +209,8 @@ static void report_corrupt(tg_trainer *t, const tg_ckpt_key *key, const char *wh
   snprintf(detail, sizeof detail,
            "the copy of step %" PRIu64 " shard %d of %u %s failed its checksum; refused, trying another copy",
            key->step, key->shard, key->world_size, where);
-  tg_lib_report(t, TARDIGRADE__V1__FAULT_KIND__FAULT_CHECKPOINT_CORRUPT, detail);
+  tg_lib_report(t, TARDIGRADE__V1__FAULT_KIND__FAULT_CHECKPOINT_CORRUPT, TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING,
+                detail);
 }
 
 /* Reads shard (step, shard, world_size) from the first good copy: this

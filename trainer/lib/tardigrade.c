@@ -124,6 +124,20 @@ tg_trainer *tg_init(void) {
   if (counters && *counters && !(t->counters = tg_counters_open(counters, err, sizeof err)))
     fprintf(stderr, "tardigrade: %s; hangs in collectives will be blamed less precisely\n", err);
   if (t->counters) t->alive_started = pthread_create(&t->alive_thread, NULL, alive_main, t) == 0;
+  /* Every rank must check at the same steps (the check is a collective):
+   * the agent gives all its trainers one environment. */
+  const char *every = getenv("TG_REPLICA_CHECK_STEPS");
+  t->replica_check_steps = TG_REPLICA_CHECK_STEPS_DEFAULT;
+  if (every && *every) {
+    char *end = NULL;
+    long long n = strtoll(every, &end, 10);
+    if (*end || n < 0) {
+      fprintf(stderr, "tardigrade: TG_REPLICA_CHECK_STEPS=%s: expected a step count >= 0 (0: no check)\n", every);
+      tg_free(t);
+      return NULL;
+    }
+    t->replica_check_steps = n;
+  }
   return t;
 }
 
@@ -200,7 +214,7 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
   return TG_OK;
 }
 
-tg_result tg_register(tg_trainer *t, const char *name, void *data, size_t bytes) {
+static tg_result register_buffer(tg_trainer *t, const char *name, void *data, size_t bytes, int replica) {
   if (!name || strlen(name) >= sizeof t->buffers[0].name || (!data && bytes))
     return tg_lib_fail(t, "register: bad buffer");
   tg_lib_buffer *b = NULL;
@@ -212,7 +226,16 @@ tg_result tg_register(tg_trainer *t, const char *name, void *data, size_t bytes)
   snprintf(b->name, sizeof b->name, "%s", name);
   b->data = data;
   b->bytes = bytes;
+  b->replica = replica;
   return TG_OK;
+}
+
+tg_result tg_register(tg_trainer *t, const char *name, void *data, size_t bytes) {
+  return register_buffer(t, name, data, bytes, 0);
+}
+
+tg_result tg_register_replica(tg_trainer *t, const char *name, void *data, size_t bytes) {
+  return register_buffer(t, name, data, bytes, 1);
 }
 
 /* A communicator failure means the world is gone. */
@@ -269,6 +292,10 @@ tg_result tg_broadcast(tg_trainer *t, void *buf, size_t bytes, int root) {
 
 tg_result tg_snapshot(tg_trainer *t, uint64_t step) {
   tg_lib_forget_restore(t); /* restored: the copies read for it are no longer needed */
+  /* Before anything of the step is written: a step whose replicas differ
+   * must never become a resume point. */
+  tg_result checked = tg_lib_check_replicas(t, step);
+  if (checked != TG_OK) return checked;
   size_t total = sizeof(uint64_t) * (1 + t->n_buffers);
   for (size_t i = 0; i < t->n_buffers; i++) total += t->buffers[i].bytes;
   tg_ckpt_key key = {.generation = t->world.generation, .step = step, .shard = t->world.rank,
@@ -358,11 +385,11 @@ static tg_result wait_replicated(tg_trainer *t, uint64_t step, uint64_t replicat
   return TG_OK;
 }
 
-void tg_lib_report(tg_trainer *t, int kind, const char *detail) {
+void tg_lib_report(tg_trainer *t, int kind, int severity, const char *detail) {
   fprintf(stderr, "tardigrade: rank %d: %s\n", t->world.rank, detail);
   Tardigrade__V1__Fault f = TARDIGRADE__V1__FAULT__INIT;
   f.kind = kind;
-  f.severity = TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING;
+  f.severity = severity;
   f.rank = t->world.rank;
   f.detail = (char *)detail;
   f.detected_unix_ms = tg_clock_unix_ms();
