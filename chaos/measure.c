@@ -43,6 +43,8 @@ static const char *expected_record(tg_chaos_kind kind) {
   case TG_CHAOS_GPU_ECC: return "GPU_ECC";
   case TG_CHAOS_GPU_LOST: return "GPU_LOST";
   case TG_CHAOS_NIC_DOWN: return "NIC_DOWN";
+  case TG_CHAOS_SILENT_DATA_CORRUPTION: return "SILENT_DATA_CORRUPTION";
+  case TG_CHAOS_NAN_LOSS: return "NAN_LOSS";
   default: return NULL;
   }
 }
@@ -121,6 +123,26 @@ static void world_formed(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   }
 }
 
+/* A straggler re-forms nothing (every rank waits for it in each
+ * collective, so every rank's step time stretches alike and no one is
+ * named): what is measured is that training went on through its slow
+ * steps, and how much they stretched. Recovered once as many steps again
+ * ran after them; the note compares the two stretches' ms per step. 1
+ * when recovered. */
+static int straggled(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  int64_t step = tg_chaos_watch_max_step(ctx->watch), now = tg_clock_unix_ms();
+  int64_t n = f->spec.for_steps > 0 ? f->spec.for_steps : 1;
+  if (!f->slow_end_unix_ms && step >= f->step_at_injection + n) f->slow_end_unix_ms = now;
+  if (!f->slow_end_unix_ms || step < f->step_at_injection + 2 * n) return 0;
+  double slow = (double)(f->slow_end_unix_ms - f->injected_unix_ms) / (double)n;
+  double after = (double)(now - f->slow_end_unix_ms) / (double)n;
+  add_note(f, "steps %lld..%lld took %.0f ms each, the %lld after them %.0f ms (x%.1f); training went on in "
+           "the same world", (long long)f->step_at_injection + 1, (long long)(f->step_at_injection + n), slow,
+           (long long)n, after, after > 0 ? slow / after : 0.0);
+  kept_world(f, now);
+  return 1;
+}
+
 int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   if (f->state != TG_CHAOS_IN_FLIGHT) return 1;
   tg_chaos_status st;
@@ -130,6 +152,7 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
     new_leader(ctx, f, &st);
   if (f->spec.kind == TG_CHAOS_DRAIN && !f->detected) world_formed(ctx, f);
 
+  if (f->spec.kind == TG_CHAOS_STRAGGLER && straggled(ctx, f)) return 1;
   const tg_chaos_generation *g = recovered_world(ctx, f);
   if (g) {
     resumed_in(ctx, f, g);

@@ -20,13 +20,14 @@ static const char *const kind_names[TG_CHAOS_KIND_COUNT] = {
     "trainer_crash", "trainer_segv", "hang", "host_loss", "host_return",
     "drain", "coordinator_crash", "corrupt_replica", "lose_all_copies",
     "gpu_xid", "gpu_ecc", "gpu_lost", "nic_down", "etcd_member_crash",
+    "silent_data_corruption", "nan_loss", "straggler",
 };
 
 /* Planned kinds (DESIGN.md, issue 6) that this cut refuses by name. */
 static const char *const unsupported_kinds[] = {
     "gpu_row_remap", "gpu_thermal", "gpu_pcie",
     "nic_flap", "nic_errors", "network_partition", "slow_link",
-    "disk_full", "silent_data_corruption", "nan_loss", "straggler",
+    "disk_full",
 };
 
 const char *tg_chaos_kind_name(tg_chaos_kind kind) {
@@ -46,7 +47,10 @@ tg_chaos_target_type tg_chaos_kind_target(tg_chaos_kind kind) {
   case TG_CHAOS_TRAINER_CRASH:
   case TG_CHAOS_TRAINER_SEGV:
   case TG_CHAOS_HANG:
-  case TG_CHAOS_CORRUPT_REPLICA: return TG_CHAOS_TARGET_TRAINER;
+  case TG_CHAOS_CORRUPT_REPLICA:
+  case TG_CHAOS_SILENT_DATA_CORRUPTION:
+  case TG_CHAOS_NAN_LOSS:
+  case TG_CHAOS_STRAGGLER: return TG_CHAOS_TARGET_TRAINER;
   case TG_CHAOS_HOST_LOSS:
   case TG_CHAOS_HOST_RETURN:
   case TG_CHAOS_DRAIN:
@@ -244,6 +248,16 @@ static int kind_fits(const tg_chaos_scenario *s, tg_chaos_kind kind, const char 
     return fail(err, errlen, "%s: etcd_member_crash needs cluster.etcd_members >= 3 (a quorum without it)", path);
   if (kind == TG_CHAOS_COORDINATOR_CRASH && c->coordinators < 2)
     return fail(err, errlen, "%s: coordinator_crash needs cluster.coordinators >= 2 (a standby to take over)", path);
+  int numbers = kind == TG_CHAOS_SILENT_DATA_CORRUPTION || kind == TG_CHAOS_NAN_LOSS;
+  if (numbers && strcmp(s->training.device, "cpu") != 0)
+    return fail(err, errlen, "%s: %s is injected into the CPU trainer's numbers only (training.device \"cpu\")",
+                path, tg_chaos_kind_name(kind));
+  if (kind == TG_CHAOS_SILENT_DATA_CORRUPTION && c->agents * c->slots < 3)
+    return fail(err, errlen, "%s: silent_data_corruption needs at least 3 ranks (agents x slots): with 2 no "
+                "majority can name the culprit", path);
+  if (kind == TG_CHAOS_SILENT_DATA_CORRUPTION && c->agents - 1 + c->spares < c->min_nodes)
+    return fail(err, errlen, "%s: silent_data_corruption takes the culprit's node out: agents - 1 + spares must "
+                "be at least cluster.min_nodes (%d)", path, c->min_nodes);
   if (kind == TG_CHAOS_LOSE_ALL_COPIES) {
     if (c->agents < 3)
       return fail(err, errlen, "%s: lose_all_copies needs cluster.agents >= 3 (nodes at ring positions 1 and 2 "
@@ -291,7 +305,8 @@ static int parse_target(const cJSON *f, const tg_chaos_scenario *s, tg_chaos_fau
 }
 
 static int parse_fault(const cJSON *f, tg_chaos_scenario *s, size_t i, char *err, size_t errlen) {
-  static const char *const fields[] = {"kind", "at_step", "at_ms", "target", "comment", NULL};
+  static const char *const fields[] = {"kind", "at_step", "at_ms", "target", "delay_ms", "for_steps", "comment",
+                                       NULL};
   char path[32];
   snprintf(path, sizeof path, "faults[%zu]", i);
   tg_chaos_fault_spec *spec = &s->faults[i];
@@ -310,6 +325,16 @@ static int parse_fault(const cJSON *f, tg_chaos_scenario *s, size_t i, char *err
   if (get_int(f, path, "at_step", 1, s->training.steps - 1, 0, -1, &spec->at_step, err, errlen) != 0 ||
       get_int(f, path, "at_ms", 0, s->deadline_s * 1000, 0, -1, &spec->at_ms, err, errlen) != 0)
     return -1;
+  int straggler = spec->kind == TG_CHAOS_STRAGGLER;
+  if (!straggler && (cJSON_GetObjectItemCaseSensitive(f, "delay_ms") || cJSON_GetObjectItemCaseSensitive(f, "for_steps")))
+    return fail(err, errlen, "%s: delay_ms and for_steps are for straggler only", path);
+  if (get_int(f, path, "delay_ms", 1, 60000, 0, TG_CHAOS_STRAGGLER_DELAY_MS, &spec->delay_ms, err, errlen) != 0 ||
+      get_int(f, path, "for_steps", 1, 100000, 0, TG_CHAOS_STRAGGLER_STEPS, &spec->for_steps, err, errlen) != 0)
+    return -1;
+  if (straggler && has_step && spec->at_step + 2 * spec->for_steps >= s->training.steps)
+    return fail(err, errlen, "%s: a straggler is measured over 2 x for_steps steps after at_step: at_step + 2 x "
+                "for_steps (%lld) must be below training.steps (%lld)", path,
+                (long long)(spec->at_step + 2 * spec->for_steps), (long long)s->training.steps);
   if (spec->kind == TG_CHAOS_LOSE_ALL_COPIES && has_step && spec->at_step <= s->cluster.persist_every)
     return fail(err, errlen, "%s.at_step: lose_all_copies resumes from disk, so a step must be persisted first: "
                 "at_step must exceed cluster.persist_every (%lld)", path, (long long)s->cluster.persist_every);

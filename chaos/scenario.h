@@ -41,6 +41,9 @@ typedef enum {
   TG_CHAOS_GPU_LOST,           /* one of a node's fake GPUs stops answering (lost) */
   TG_CHAOS_NIC_DOWN,           /* the node's fake NIC eth0 loses carrier */
   TG_CHAOS_ETCD_MEMBER_CRASH,  /* SIGKILL the etcd leader (restarted once training went on) */
+  TG_CHAOS_SILENT_DATA_CORRUPTION, /* flip a bit of one trainer's parameter replica (tg-train --inject-dir) */
+  TG_CHAOS_NAN_LOSS,           /* one trainer's step ends with a non-finite loss */
+  TG_CHAOS_STRAGGLER,          /* one trainer sleeps delay_ms in each of for_steps steps */
   TG_CHAOS_KIND_COUNT
 } tg_chaos_kind;
 
@@ -64,7 +67,12 @@ typedef struct {
   int random_target;           /* 1: drawn from the seed when the fault fires */
   char node[TG_CHAOS_NAME_MAX]; /* explicit target node ("n2"), or "" */
   int slot;                    /* explicit target slot, or -1 */
+  int64_t delay_ms;            /* straggler: added to each of its steps */
+  int64_t for_steps;           /* straggler: how many steps */
 } tg_chaos_fault_spec;
+
+#define TG_CHAOS_STRAGGLER_DELAY_MS 200 /* defaults for a straggler (a soak's too) */
+#define TG_CHAOS_STRAGGLER_STEPS 10
 
 typedef struct {
   int agents;       /* nodes that form the first world */

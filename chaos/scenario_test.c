@@ -33,7 +33,8 @@ static void test_shipped_scenarios_parse(void **state) {
   (void)state;
   const char *names[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
                          "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak",
-                         "device_faults", "etcd_member_crash", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl"};
+                         "device_faults", "etcd_member_crash", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl",
+                         "silent_data_corruption", "nan_loss", "straggler"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char path[256], err[512];
     snprintf(path, sizeof path, "chaos/scenarios/%s.json", names[i]);
@@ -69,6 +70,45 @@ static void test_good_scenario(void **state) {
   assert_int_equal(tg_chaos_node_index(s, "n4"), -1);
   assert_int_equal(tg_chaos_node_index(s, "n03"), -1);
   tg_chaos_scenario_free(s);
+}
+
+/* The kinds injected through tg-train --inject-dir, and a straggler's fields. */
+static void test_trainer_number_faults(void **state) {
+  (void)state;
+  const char *text = "{\"name\": \"t\", \"cluster\": {\"agents\": 3, \"spares\": 1}, "
+                     "\"training\": {\"steps\": 100}, \"faults\": ["
+                     "{\"at_step\": 10, \"kind\": \"silent_data_corruption\", \"target\": {\"node\": \"n1\", \"slot\": 0}},"
+                     "{\"at_step\": 20, \"kind\": \"nan_loss\"},"
+                     "{\"at_step\": 30, \"kind\": \"straggler\", \"delay_ms\": 50, \"for_steps\": 5},"
+                     "{\"at_step\": 60, \"kind\": \"straggler\"}]}";
+  char err[512];
+  tg_chaos_scenario *s = tg_chaos_scenario_parse(text, strlen(text), err, sizeof err);
+  if (!s) fail_msg("%s", err);
+  assert_int_equal(s->faults[0].kind, TG_CHAOS_SILENT_DATA_CORRUPTION);
+  assert_int_equal(tg_chaos_kind_target(s->faults[1].kind), TG_CHAOS_TARGET_TRAINER);
+  assert_int_equal(s->faults[2].delay_ms, 50);
+  assert_int_equal(s->faults[2].for_steps, 5);
+  assert_int_equal(s->faults[3].delay_ms, TG_CHAOS_STRAGGLER_DELAY_MS);
+  assert_int_equal(s->faults[3].for_steps, TG_CHAOS_STRAGGLER_STEPS);
+  tg_chaos_scenario_free(s);
+
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"nan_loss\", \"delay_ms\": 5}]}",
+         "delay_ms and for_steps are for straggler only");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"straggler\", \"delay_ms\": 0}]}",
+         "faults[0].delay_ms: must be");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"straggler\", \"for_steps\": -1}]}",
+         "faults[0].for_steps: must be");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 80, \"kind\": \"straggler\", \"for_steps\": 10}]}",
+         "must be below training.steps");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 1}, \"training\": {\"steps\": 50}, "
+         "\"faults\": [{\"at_step\": 5, \"kind\": \"silent_data_corruption\"}]}",
+         "needs at least 3 ranks");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 3}, \"training\": {\"steps\": 50}, "
+         "\"faults\": [{\"at_step\": 5, \"kind\": \"silent_data_corruption\"}]}",
+         "takes the culprit's node out");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 50, \"device\": \"cuda\"}, "
+         "\"faults\": [{\"at_step\": 5, \"kind\": \"nan_loss\"}]}",
+         "CPU trainer's numbers only");
 }
 
 static void test_bad_input(void **state) {
@@ -153,6 +193,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_shipped_scenarios_parse),
       cmocka_unit_test(test_good_scenario),
+      cmocka_unit_test(test_trainer_number_faults),
       cmocka_unit_test(test_bad_input),
       cmocka_unit_test(test_size_bound),
   };
