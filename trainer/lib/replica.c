@@ -21,41 +21,19 @@
 #include <string.h>
 
 #include "proto/tardigrade/v1/common.pb-c.h"
+#include "trainer/lib/checksum.h"
 #include "trainer/lib/internal.h"
 
-/* xxHash64's round on four lanes (eight bytes each): a few GB/s, and a
- * single flipped bit anywhere changes the result. */
-#define P1 0x9E3779B185EBCA87ULL
-#define P2 0xC2B2AE3D27D4EB4FULL
-#define P3 0x165667B19E3779F9ULL
-
-static uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-static uint64_t round64(uint64_t acc, uint64_t w) { return rotl(acc + w * P2, 31) * P1; }
-
-static void hash_bytes(uint64_t lane[4], uint64_t *tail, const unsigned char *p, size_t n) {
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    uint64_t w[4];
-    memcpy(w, p + i, sizeof w);
-    for (int k = 0; k < 4; k++) lane[k] = round64(lane[k], w[k]);
-  }
-  for (; i < n; i++) *tail = (*tail ^ p[i]) * P3 + (uint64_t)i;
-}
-
 uint64_t tg_lib_replica_checksum(const tg_trainer *t) {
-  uint64_t lane[4] = {P1 + P2, P2, 0, 0 - P1}, tail = 0;
+  tg_checksum c;
+  tg_checksum_init(&c);
   for (size_t b = 0; b < t->n_buffers; b++) {
     if (!t->buffers[b].replica) continue;
     uint64_t len = t->buffers[b].bytes;
-    hash_bytes(lane, &tail, (const unsigned char *)&len, sizeof len);
-    hash_bytes(lane, &tail, t->buffers[b].data, t->buffers[b].bytes);
+    tg_checksum_update(&c, &len, sizeof len);
+    tg_checksum_update(&c, t->buffers[b].data, t->buffers[b].bytes);
   }
-  uint64_t h = rotl(lane[0], 1) + rotl(lane[1], 7) + rotl(lane[2], 12) + rotl(lane[3], 18);
-  h = round64(h, tail);
-  h ^= h >> 33;
-  h *= P2;
-  h ^= h >> 29;
-  return h;
+  return tg_checksum_final(&c);
 }
 
 /* The value held by more than half of the ranks (Boyer-Moore vote, then
