@@ -15,7 +15,9 @@
  *                              themselves are left alone
  *   straggler DELAY_MS STEPS   sleep DELAY_MS in each of the next STEPS steps
  *
- * A malformed request is refused with one line on stderr and removed. */
+ * A malformed request is refused with one line on stderr and removed.
+ * sdc and nan act on the CPU step only (on a GPU they are read and never
+ * applied: tg-chaos refuses them for "device": "cuda"). */
 #ifndef TG_TRAIN_INJECT_H
 #define TG_TRAIN_INJECT_H
 
