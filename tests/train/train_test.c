@@ -510,6 +510,22 @@ static void test_silent_data_corruption_names_culprit(void **state) {
   free_cluster(c);
 }
 
+/* The same with two ranks: no majority, so no culprit can be named; rank
+ * 0 reports it (ERROR) and the same node rolls back. */
+static void test_silent_data_corruption_two_ranks(void **state) {
+  (void)state;
+  char params[700];
+  cluster *c = new_cluster("sdc2", 1, 1, 1, 0, params, sizeof params);
+  wait_logs(c, "step 60 loss", 1);
+  inject(c, 0, 1, "sdc");
+  wait_logs(c, "): resuming at step", 2);
+  faults_name_rank(c, "SILENT_DATA_CORRUPTION", 0);
+  if (count_in_logs(c, "no majority agrees") != 1) fail_msg("job %s: rank 0 did not say why no culprit", c->job);
+  resumed_before(c, refused_step(c));
+  finish(c, params);
+  free_cluster(c);
+}
+
 /* A NaN in one trainer's loss and gradient: reported as NAN_LOSS naming
  * it before anything of the step is committed; the same nodes roll back
  * to the last committed step. */
@@ -559,6 +575,7 @@ int main(void) {
       cmocka_unit_test(test_corrupt_copy_refused),
       cmocka_unit_test(test_all_memory_copies_lost),
       cmocka_unit_test(test_silent_data_corruption_names_culprit),
+      cmocka_unit_test(test_silent_data_corruption_two_ranks),
       cmocka_unit_test(test_nan_loss_rolls_back),
   };
   /* TG_TEST_FILTER=test_hang* runs the scenarios whose names match. */
