@@ -45,6 +45,7 @@ static const char *expected_record(tg_chaos_kind kind) {
   case TG_CHAOS_NIC_DOWN: return "NIC_DOWN";
   case TG_CHAOS_SILENT_DATA_CORRUPTION: return "SILENT_DATA_CORRUPTION";
   case TG_CHAOS_NAN_LOSS: return "NAN_LOSS";
+  case TG_CHAOS_STRAGGLER: return "STRAGGLER";
   default: return NULL;
   }
 }
@@ -123,10 +124,10 @@ static void world_formed(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   }
 }
 
-/* A straggler re-forms nothing (every rank waits for it in each
- * collective, so every rank's step time stretches alike and no one is
- * named): what is measured is that training went on through its slow
- * steps, and how much they stretched. Recovered once as many steps again
+/* A straggler re-forms nothing (a WARNING: every rank waits for it in
+ * each collective, and the world stands): what is measured besides its
+ * record is that training went on through its slow steps, and how much
+ * they stretched. Recovered once as many steps again
  * ran after them; the note compares the two stretches' ms per step. 1
  * when recovered. */
 static int straggled(tg_chaos_ctx *ctx, tg_chaos_fault *f) {

@@ -7,7 +7,7 @@
  * times after one untimed pass (pages touched, caches as warm as a
  * trainer's just-gathered parameters), timed with CLOCK_MONOTONIC.
  * Printed: the median and the slowest round in ms and the median rate in
- * GB/s. The check's other part, one all-gather of 8 bytes per rank, is a
+ * GB/s. The check's other part, one all-gather of 16 bytes per rank, is a
  * collective among the ranks and is measured in a job (see the README of
  * trainer/ and bench/results).
  *

@@ -85,7 +85,7 @@ tg_result tg_register(tg_trainer *t, const char *name, void *data, size_t bytes)
 /* Registers, as tg_register, a buffer of which every rank holds an
  * identical copy: in data parallelism, the parameters. Before tg_snapshot
  * writes a step (every TG_REPLICA_CHECK_STEPS steps), the ranks compare a
- * 64-bit checksum of their replicated buffers (one all-gather of 8 bytes
+ * 64-bit checksum of their replicated buffers (one all-gather of 16 bytes
  * per rank); see tg_snapshot. Buffers that differ by design between ranks
  * (a ZeRO optimizer slice, an RNG state) must use tg_register. */
 tg_result tg_register_replica(tg_trainer *t, const char *name, void *data, size_t bytes);
@@ -94,7 +94,7 @@ tg_result tg_register_replica(tg_trainer *t, const char *name, void *data, size_
  * never; every rank of a job must have the same value, as the check is a
  * collective), else this. The check of a step costs a checksum of the
  * replicated bytes (about 0.2 ms per MiB on a 2-core VM: bench/replica)
- * and one all-gather of 8 bytes per rank. */
+ * and one all-gather of 16 bytes per rank. */
 #define TG_REPLICA_CHECK_STEPS_DEFAULT 1
 
 /* Where training resumes in a new world. */
@@ -152,7 +152,13 @@ void tg_shard_close(tg_shard *s);
  * culprit can be named: rank 0 reports SILENT_DATA_CORRUPTION at ERROR
  * severity naming itself, and the same nodes roll back to the last
  * committed step. A corruption of a rank's own slice before it is
- * gathered reaches every replica and is not seen by this check. */
+ * gathered reaches every replica and is not seen by this check.
+ *
+ * The same all-gather carries each rank's time outside collectives since
+ * the previous check: a rank at more than 3x the median (and 50 ms more)
+ * at 3 checks in a row reports itself a STRAGGLER (WARNING: the world
+ * stands), once until it is no longer slow. Step times cannot name it:
+ * every rank waits for the slowest inside the collectives. */
 tg_result tg_snapshot(tg_trainer *t, uint64_t step);
 
 /* Says that this rank's `step` cannot be committed because its loss or

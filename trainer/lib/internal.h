@@ -59,6 +59,12 @@ struct tg_trainer {
   tg_lib_plan *plan;          /* of the last tg_resume_step in this world */
   tg_lib_cached *cache;
   int64_t replica_check_steps; /* $TG_REPLICA_CHECK_STEPS: check every N steps (0: never) */
+  /* Busy time (outside collectives) between two replica checks, which
+   * all-gather it beside the checksum to name a straggler (replica.c). */
+  int64_t check_mark_ms;      /* monotonic, at the end of the last check in this world; 0: none */
+  int64_t collective_ms;      /* spent inside collectives since then */
+  int64_t entered_ms;         /* when the current collective was entered */
+  int slow_checks;            /* consecutive checks at which this rank was the slow one */
   char error[512];
 };
 

@@ -6,7 +6,8 @@
  * nothing visible: the loss stays plausible, and the flipped copy would be
  * snapshotted, committed and restored from. So before tg_snapshot writes a
  * step, every rank hashes its replicated buffers (tg_register_replica) and
- * the ranks all-gather the 64-bit hashes: 8 bytes per rank, one small
+ * the ranks all-gather the 64-bit hashes (with each rank's time outside
+ * collectives, which names a straggler): 16 bytes per rank, one small
  * collective. Equal: go on. Otherwise the step is not written, and the
  * ranks that differ from a strict majority name themselves culprits
  * (FATAL: their node leaves the world and is quarantined); without a
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock/clock.h"
 #include "proto/tardigrade/v1/common.pb-c.h"
 #include "trainer/lib/checksum.h"
 #include "trainer/lib/internal.h"
@@ -78,33 +80,96 @@ static int check_due(const tg_trainer *t, uint64_t step) {
   return 0;
 }
 
+/* What each rank contributes to a check. */
+typedef struct {
+  uint64_t checksum;
+  int64_t busy_ms; /* outside collectives since the last check; -1: not known */
+} check_entry;
+
+static int by_value(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* The straggler: in a synchronous step every rank waits inside the
+ * collectives for the slowest one, so every rank's step takes as long
+ * and step times name no one. Time outside collectives does: the slow
+ * rank's is long, its peers' short. This rank names itself (WARNING: the
+ * world stands; the operator or the policy decides) when its busy time
+ * was more than TG_LIB_STRAGGLER_FACTOR x the median, and at least
+ * TG_LIB_STRAGGLER_MIN_MS more, at TG_LIB_STRAGGLER_CHECKS checks in a
+ * row; once per episode. */
+#define TG_LIB_STRAGGLER_FACTOR 3
+#define TG_LIB_STRAGGLER_MIN_MS 50
+#define TG_LIB_STRAGGLER_CHECKS 3
+
+static void look_for_straggler(tg_trainer *t, uint64_t step, const check_entry *all, int n) {
+  int64_t *busy = malloc((size_t)n * sizeof *busy);
+  int known = 0;
+  for (int i = 0; busy && i < n; i++)
+    if (all[i].busy_ms >= 0) busy[known++] = all[i].busy_ms;
+  int64_t mine = all[t->world.rank].busy_ms;
+  if (!busy || known < n || mine < 0) { /* a new world: its first check timed the restore */
+    free(busy);
+    t->slow_checks = 0;
+    return;
+  }
+  qsort(busy, (size_t)known, sizeof *busy, by_value);
+  int64_t median = busy[(known - 1) / 2];
+  free(busy);
+  int slow = mine > TG_LIB_STRAGGLER_FACTOR * median && mine - median >= TG_LIB_STRAGGLER_MIN_MS;
+  t->slow_checks = slow ? t->slow_checks + 1 : 0;
+  if (t->slow_checks != TG_LIB_STRAGGLER_CHECKS) return;
+  char detail[256];
+  snprintf(detail, sizeof detail,
+           "straggler: %" PRId64 " ms outside collectives per checked step against a median of %" PRId64
+           " ms over the %d ranks, %d checks in a row up to step %" PRIu64 "; every rank waits for it",
+           mine, median, n, TG_LIB_STRAGGLER_CHECKS, step);
+  tg_lib_report(t, TARDIGRADE__V1__FAULT_KIND__FAULT_STRAGGLER, TARDIGRADE__V1__SEVERITY__SEVERITY_WARNING, detail);
+}
+
+/* The checksums alone, for the vote. */
+static uint64_t *checksums(const check_entry *all, int n) {
+  uint64_t *h = malloc((size_t)n * sizeof *h);
+  for (int i = 0; h && i < n; i++) h[i] = all[i].checksum;
+  return h;
+}
+
 tg_result tg_lib_check_replicas(tg_trainer *t, uint64_t step) {
   if (!check_due(t, step)) return TG_OK;
   int n = t->world.world_size, me = t->world.rank;
-  uint64_t *all = calloc((size_t)n, sizeof *all);
+  check_entry *all = calloc((size_t)n, sizeof *all);
   if (!all) return tg_lib_fail(t, "replica check of step %" PRIu64 ": out of memory", step);
-  uint64_t mine = tg_lib_replica_checksum(t);
+  int64_t now = tg_clock_mono_ms();
+  check_entry mine = {.checksum = tg_lib_replica_checksum(t),
+                      .busy_ms = t->check_mark_ms ? now - t->check_mark_ms - t->collective_ms : -1};
+  if (mine.busy_ms < -1) mine.busy_ms = 0;
   tg_result r = tg_lib_all_gather_host(t, &mine, all, sizeof mine);
-  if (r != TG_OK) {
+  t->check_mark_ms = tg_clock_mono_ms();
+  t->collective_ms = 0;
+  uint64_t *h = r == TG_OK ? checksums(all, n) : NULL;
+  if (r != TG_OK || !h) {
     free(all);
-    return r;
+    return r != TG_OK ? r : tg_lib_fail(t, "replica check of step %" PRIu64 ": out of memory", step);
   }
   int differ = 0;
-  for (int i = 0; i < n; i++) differ |= all[i] != mine;
+  for (int i = 0; i < n; i++) differ |= h[i] != mine.checksum;
   if (!differ) {
+    look_for_straggler(t, step, all, n);
+    free(h);
     free(all);
     return TG_OK;
   }
   int found = 0;
-  uint64_t good = majority(all, n, &found);
+  uint64_t good = majority(h, n, &found);
   char ranks[128], detail[512];
-  name_ranks(ranks, sizeof ranks, all, n, good);
-  if (found && mine != good) {
+  name_ranks(ranks, sizeof ranks, h, n, good);
+  if (found && mine.checksum != good) {
     snprintf(detail, sizeof detail,
              "replica check of step %" PRIu64 ": this rank's parameters differ from the majority's "
              "(checksum %016" PRIx64 ", %016" PRIx64 " on the majority; differing: rank %s of %d); "
              "step not committed, this node must leave the world",
-             step, mine, good, ranks, n);
+             step, mine.checksum, good, ranks, n);
     tg_lib_report(t, TARDIGRADE__V1__FAULT_KIND__FAULT_SILENT_DATA_CORRUPTION,
                   TARDIGRADE__V1__SEVERITY__SEVERITY_FATAL, detail);
   } else if (!found && me == 0) {
@@ -118,6 +183,7 @@ tg_result tg_lib_check_replicas(tg_trainer *t, uint64_t step) {
   snprintf(t->error, sizeof t->error,
            "replica check of step %" PRIu64 ": parameters differ between ranks (%s %s); step not committed",
            step, found ? "culprit: rank" : "no majority among", found ? ranks : "the ranks");
+  free(h);
   free(all);
   return TG_WORLD_CHANGED;
 }

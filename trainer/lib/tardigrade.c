@@ -185,6 +185,8 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
   t->world.coordinator_resume_step = r->world->resume_step;
   t->known_generation = r->world->generation;
   t->collective_seq = 0;
+  t->check_mark_ms = 0; /* the first check of a world also timed the restore: not compared */
+  t->slow_checks = 0;
   snprintf(t->node_id, sizeof t->node_id, "%s", r->node_id);
   snprintf(t->agent_address, sizeof t->agent_address, "%s", r->agent_address);
   snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s", r->ckpt_dir);
@@ -243,6 +245,7 @@ static tg_result comm_result(tg_trainer *t, tg_comm_code code, const tg_comm_sta
   /* Out of the collective: the agent tells a rank waiting inside one (a
    * victim) from a rank that never came (the culprit). */
   tg_counters_done(t->counters, (int)t->slot, t->world.generation, t->collective_seq);
+  t->collective_ms += tg_clock_mono_ms() - t->entered_ms;
   if (code == TG_COMM_OK) return TG_OK;
   snprintf(t->error, sizeof t->error, "%s: %s", tg_comm_code_name(code), cs->message);
   return TG_WORLD_CHANGED;
@@ -250,6 +253,7 @@ static tg_result comm_result(tg_trainer *t, tg_comm_code code, const tg_comm_sta
 
 /* Counts a collective and tells the agent this rank entered it. */
 static void enter(tg_trainer *t) {
+  t->entered_ms = tg_clock_mono_ms();
   t->collective_seq++;
   tg_counters_enter(t->counters, (int)t->slot, t->world.generation, t->collective_seq);
 }
