@@ -4,8 +4,9 @@
  * train together over gloo on CPU. Faults are real: a trainer or a whole
  * agent with its trainers is SIGKILLed, a trainer SIGSTOPped, checkpoint
  * copies in a node's shared memory corrupted, a bit of one trainer's
- * parameters flipped or its loss made NaN (tg-train's --inject-dir, the
- * one way in that tests have to a running trainer's numbers).
+ * parameters flipped, its loss made NaN or its steps slowed (tg-train's
+ * --inject-dir, the one way in that tests have to a running trainer's
+ * numbers).
  *
  * Training is deterministic whatever the world size (data order follows
  * the global sample index, the global batch is fixed, sums are exact), so
