@@ -184,11 +184,11 @@ static void test_help_and_bad_input(void **state) {
   FILE *f = fopen(path, "w");
   assert_non_null(f);
   fputs("{\"name\": \"bad\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 50},"
-        " \"faults\": [{\"at_step\": 5, \"kind\": \"nan_loss\"}]}", f);
+        " \"faults\": [{\"at_step\": 5, \"kind\": \"network_partition\"}]}", f);
   fclose(f);
   const char *bad[] = {"run", path, NULL};
   assert_int_equal(tg_chaos(bad), 2);
-  assert_non_null(strstr(output, "faults[0].kind: kind \"nan_loss\" is not supported yet"));
+  assert_non_null(strstr(output, "faults[0]: network_partition needs cluster.network \"namespaces\""));
   const char *check[] = {"check", "chaos/testdata/trainer_crash_small.json", NULL};
   assert_int_equal(tg_chaos(check), 0);
 }

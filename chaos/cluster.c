@@ -107,8 +107,8 @@ tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char 
     goto err;
   }
   char path[700];
-  const char *sub[] = {"logs", "sock", "ckpt", "devices"};
-  for (size_t i = 0; i < 4; i++) {
+  const char *sub[] = {"logs", "sock", "ckpt", "devices", "inject"};
+  for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
     snprintf(path, sizeof path, "%s/%s", c->dir, sub[i]);
     if (make_dir(path, err, errlen) != 0) goto err;
   }
@@ -254,7 +254,7 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
     return -1;
   }
   if (c->agent[node] && tg_proc_running(c->agent[node])) return 0;
-  char logs[700], sock[700], log[700], ckpt[700], slots[16], mib[24], hang[24], persist[24];
+  char logs[700], sock[700], log[700], ckpt[700], inject[700], slots[16], mib[24], hang[24], persist[24];
   char steps[24], width[24], depth[24], context[24], batch[24], micro[24], seed[24];
   const char *id = c->node_ids[node];
   snprintf(logs, sizeof logs, "%s/logs/%s", c->dir, id);
@@ -262,6 +262,7 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   snprintf(sock, sizeof sock, "%s/sock/%s.sock", c->dir, id);
   snprintf(log, sizeof log, "%s/logs/%s-agent.log", c->dir, id);
   tg_chaos_cluster_ckpt_dir(c, ckpt, sizeof ckpt);
+  snprintf(inject, sizeof inject, "%s/inject", c->dir);
   snprintf(slots, sizeof slots, "%d", c->spec.slots);
   snprintf(mib, sizeof mib, "%lld", (long long)c->spec.ckpt_mib);
   snprintf(hang, sizeof hang, "%lld", (long long)c->spec.hang_floor_ms);
@@ -303,7 +304,7 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   }
   const char *train[] = {"--", cuda ? c->bins.trainer_cuda : c->bins.trainer, "--steps", steps, "--width", width, "--depth", depth,
                          "--context", context, "--batch", batch, "--micro", micro, "--seed", seed,
-                         "--out", c->params, NULL};
+                         "--out", c->params, "--inject-dir", inject, NULL};
   for (size_t i = 0; train[i]; i++) argv[n++] = train[i];
   if (t->corpus[0]) {
     argv[n++] = "--corpus";
@@ -318,6 +319,10 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
   c->agent[node] = c->cfg.net ? tg_netns_start(c->cfg.net, node, argv, log, err, errlen)
                               : tg_proc_start(argv, log, err, errlen);
   return c->agent[node] ? 0 : -1;
+}
+
+void tg_chaos_cluster_inject_path(const tg_chaos_cluster *c, int node, int slot, char *out, size_t len) {
+  snprintf(out, len, "%s/inject/%s.%d", c->dir, node >= 0 && node < c->cfg.nodes ? c->node_ids[node] : "none", slot);
 }
 
 void tg_chaos_cluster_fake_devices(const tg_chaos_cluster *c, int node, char *out, size_t len) {

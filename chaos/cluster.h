@@ -85,6 +85,9 @@ int tg_chaos_cluster_agent_running(tg_chaos_cluster *c, int node);
  * gpu0..gpu<slots-1> (agent/health/gpu_fake.h) and a NIC eth0 under sys/
  * (nic_fake.h), all healthy until a fault is written there. */
 void tg_chaos_cluster_fake_devices(const tg_chaos_cluster *c, int node, char *out, size_t len);
+/* Where tg-train (started with --inject-dir RUN_DIR/inject) looks for a
+ * fault request for the trainer of (node, slot): trainer/train/inject.h. */
+void tg_chaos_cluster_inject_path(const tg_chaos_cluster *c, int node, int slot, char *out, size_t len);
 
 /* The agents' --ckpt-dir (shared by every node, like a cluster's shared
  * filesystem): DIR/ckpt; a tmpfs of ckpt_fs_mib when that is set. */

@@ -108,6 +108,41 @@ static int signal_trainer(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_s
   return 0;
 }
 
+/* A request to the target trainer's fault injection (tg-train
+ * --inject-dir, trainer/train/inject.h), written whole (a temporary file
+ * renamed), so the trainer never reads half of one. The trainer applies
+ * it at the start of its next step. */
+static int request_fault(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
+  pid_t pid;
+  int idx = resolve_trainer(ctx, f, st, &pid);
+  if (idx < 0) return -1;
+  if (f->spec.kind != TG_CHAOS_STRAGGLER && f->rank < 0)
+    return skip(f, "the rank of %s slot %d in generation %llu is not known yet", f->node, f->slot,
+                (unsigned long long)f->generation_before);
+  char request[64], path[800], tmp[820];
+  if (f->spec.kind == TG_CHAOS_STRAGGLER) {
+    /* A soak's straggler has no fields of its own: the defaults. */
+    if (f->spec.delay_ms <= 0) f->spec.delay_ms = TG_CHAOS_STRAGGLER_DELAY_MS;
+    if (f->spec.for_steps <= 0) f->spec.for_steps = TG_CHAOS_STRAGGLER_STEPS;
+    snprintf(request, sizeof request, "straggler %lld %lld", (long long)f->spec.delay_ms,
+             (long long)f->spec.for_steps);
+  } else {
+    snprintf(request, sizeof request, "%s", f->spec.kind == TG_CHAOS_NAN_LOSS ? "nan" : "sdc");
+  }
+  tg_chaos_cluster_inject_path(ctx->cluster, idx, f->slot, path, sizeof path);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *out = fopen(tmp, "w");
+  if (!out) return skip(f, "cannot write %s", tmp);
+  int ok = fprintf(out, "%s\n", request) > 0;
+  ok = fclose(out) == 0 && ok;
+  stamp(f);
+  if (!ok || rename(tmp, path) != 0) {
+    remove(tmp);
+    return skip(f, "cannot write the request %s", path);
+  }
+  return 0;
+}
+
 /* Every copy of the target trainer's shard in its node's memory gets one
  * byte flipped while the trainer is stopped (so it writes no newer step),
  * then the trainer is killed: its restart must read the shard back,
@@ -426,6 +461,9 @@ int tg_chaos_inject(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   case TG_CHAOS_NETWORK_PARTITION: return network_partition(ctx, f, &st);
   case TG_CHAOS_SLOW_LINK: return slow_link(ctx, f, &st);
   case TG_CHAOS_DISK_FULL: return disk_full(ctx, f);
+  case TG_CHAOS_SILENT_DATA_CORRUPTION:
+  case TG_CHAOS_NAN_LOSS:
+  case TG_CHAOS_STRAGGLER: return request_fault(ctx, f, &st);
   default: return skip(f, "unknown kind");
   }
 }
@@ -440,7 +478,12 @@ int tg_chaos_feasible(tg_chaos_ctx *ctx, tg_chaos_kind kind) {
   case TG_CHAOS_TRAINER_CRASH:
   case TG_CHAOS_TRAINER_SEGV:
   case TG_CHAOS_HANG:
-  case TG_CHAOS_CORRUPT_REPLICA: return ranked > 0;
+  case TG_CHAOS_CORRUPT_REPLICA:
+  case TG_CHAOS_NAN_LOSS:
+  case TG_CHAOS_STRAGGLER: return ranked > 0;
+  case TG_CHAOS_SILENT_DATA_CORRUPTION: /* the culprit's node leaves; a majority names it */
+    return ranked > 0 && ranked == st.n_nodes && (st.n_nodes - 1 >= min || spares > 0) &&
+           st.n_nodes * (size_t)ctx->s->cluster.slots >= 3;
   case TG_CHAOS_HOST_LOSS:
   case TG_CHAOS_DRAIN:
   case TG_CHAOS_GPU_XID:

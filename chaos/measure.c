@@ -66,6 +66,9 @@ static const char *expected_record(tg_chaos_kind kind) {
   case TG_CHAOS_GPU_THERMAL: return "GPU_THERMAL";
   case TG_CHAOS_GPU_PCIE: return "GPU_PCIE";
   case TG_CHAOS_GPU_ROW_REMAP: return "GPU_ROW_REMAP";
+  case TG_CHAOS_SILENT_DATA_CORRUPTION: return "SILENT_DATA_CORRUPTION";
+  case TG_CHAOS_NAN_LOSS: return "NAN_LOSS";
+  case TG_CHAOS_STRAGGLER: return "STRAGGLER";
   default: return NULL;
   }
 }
@@ -283,6 +286,26 @@ static int timed_out(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   return 1;
 }
 
+/* A straggler re-forms nothing (a WARNING: every rank waits for it in
+ * each collective, and the world stands): what is measured besides its
+ * record is that training went on through its slow steps, and how much
+ * they stretched. Recovered once as many steps again
+ * ran after them; the note compares the two stretches' ms per step. 1
+ * when recovered. */
+static int straggled(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  int64_t step = tg_chaos_watch_max_step(ctx->watch), now = tg_clock_unix_ms();
+  int64_t n = f->spec.for_steps > 0 ? f->spec.for_steps : 1;
+  if (!f->slow_end_unix_ms && step >= f->step_at_injection + n) f->slow_end_unix_ms = now;
+  if (!f->slow_end_unix_ms || step < f->step_at_injection + 2 * n) return 0;
+  double slow = (double)(f->slow_end_unix_ms - f->injected_unix_ms) / (double)n;
+  double after = (double)(now - f->slow_end_unix_ms) / (double)n;
+  add_note(f, "steps %lld..%lld took %.0f ms each, the %lld after them %.0f ms (x%.1f); training went on in "
+           "the same world", (long long)f->step_at_injection + 1, (long long)(f->step_at_injection + n), slow,
+           (long long)n, after, after > 0 ? slow / after : 0.0);
+  kept_world(f, now);
+  return 1;
+}
+
 int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   if (f->healed && f->healed_mono_ms) return rejoined(ctx, f);
   if (f->state != TG_CHAOS_IN_FLIGHT) return 1;
@@ -294,6 +317,7 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
     new_leader(ctx, f, &st);
   if (f->spec.kind == TG_CHAOS_DRAIN && !f->detected) world_formed(ctx, f);
 
+  if (f->spec.kind == TG_CHAOS_STRAGGLER && straggled(ctx, f)) return 1;
   const tg_chaos_generation *g = recovered_world(ctx, f);
   if (g) {
     resumed_in(ctx, f, g);

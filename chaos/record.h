@@ -81,6 +81,7 @@ typedef struct {
   int64_t committed_lost;           /* committed_at_injection - resume_step, when positive */
   int from_disk;                    /* resumed from the persisted checkpoint */
   int64_t lib_lost;                 /* what libtardigrade printed as lost; -1: nothing */
+  int64_t slow_end_unix_ms;         /* straggler: when its slow steps were all logged; 0: not yet */
 } tg_chaos_fault;
 
 typedef struct {

@@ -288,7 +288,7 @@ void tg_chaos_report_table(const tg_chaos_result *res, FILE *out) {
           s->cluster.min_nodes, (long long)s->training.steps, (long long)s->training.width,
           (long long)s->training.depth);
   if (res->error[0]) fprintf(out, "error:    %s\n", res->error);
-  fprintf(out, "\n %3s  %-17s %-11s %5s  %-26s %7s %8s %5s %7s %7s  %s\n", "#", "kind", "target", "step", "detected as",
+  fprintf(out, "\n %3s  %-22s %-11s %5s  %-30s %7s %8s %5s %7s %7s  %s\n", "#", "kind", "target", "step", "detected as",
           "det ms", "recov ms", "lost", "world", "gen", "outcome");
   for (size_t i = 0; i < res->n_faults; i++) {
     const tg_chaos_fault *f = &res->faults[i];
@@ -312,7 +312,7 @@ void tg_chaos_report_table(const tg_chaos_result *res, FILE *out) {
       snprintf(world, sizeof world, "-");
       snprintf(gen, sizeof gen, "-");
     }
-    fprintf(out, " %3zu  %-17s %-11s %5s  %-26s %7s %8s %5s %7s %7s  %s%s%s\n", i, tg_chaos_kind_name(f->spec.kind),
+    fprintf(out, " %3zu  %-22s %-11s %5s  %-30s %7s %8s %5s %7s %7s  %s%s%s\n", i, tg_chaos_kind_name(f->spec.kind),
             target, step, det, ms_or_dash(f->detected, f->detected_unix_ms - f->injected_unix_ms, dms, sizeof dms),
             ms_or_dash(rec, f->recovered_unix_ms - f->injected_unix_ms, rms, sizeof rms), lost, world, gen,
             outcome(f->state), f->from_disk ? " (from disk)" : "", f->soak ? " (soak)" : "");

@@ -22,10 +22,6 @@ static const char *const kind_names[TG_CHAOS_KIND_COUNT] = {
     "gpu_xid", "gpu_ecc", "gpu_lost", "nic_down", "etcd_member_crash",
     "network_partition", "nic_flap", "nic_errors", "slow_link",
     "disk_full", "gpu_thermal", "gpu_pcie", "gpu_row_remap",
-};
-
-/* Planned kinds (DESIGN.md, issue 6) that this cut refuses by name. */
-static const char *const unsupported_kinds[] = {
     "silent_data_corruption", "nan_loss", "straggler",
 };
 
@@ -41,8 +37,6 @@ int tg_chaos_kind_is_warning(tg_chaos_kind kind) {
 int tg_chaos_kind_parse(const char *name) {
   for (int k = 0; k < TG_CHAOS_KIND_COUNT; k++)
     if (strcmp(name, kind_names[k]) == 0) return k;
-  for (size_t i = 0; i < sizeof unsupported_kinds / sizeof unsupported_kinds[0]; i++)
-    if (strcmp(name, unsupported_kinds[i]) == 0) return -2;
   return -1;
 }
 
@@ -51,7 +45,10 @@ tg_chaos_target_type tg_chaos_kind_target(tg_chaos_kind kind) {
   case TG_CHAOS_TRAINER_CRASH:
   case TG_CHAOS_TRAINER_SEGV:
   case TG_CHAOS_HANG:
-  case TG_CHAOS_CORRUPT_REPLICA: return TG_CHAOS_TARGET_TRAINER;
+  case TG_CHAOS_CORRUPT_REPLICA:
+  case TG_CHAOS_SILENT_DATA_CORRUPTION:
+  case TG_CHAOS_NAN_LOSS:
+  case TG_CHAOS_STRAGGLER: return TG_CHAOS_TARGET_TRAINER;
   case TG_CHAOS_HOST_LOSS:
   case TG_CHAOS_HOST_RETURN:
   case TG_CHAOS_DRAIN:
@@ -182,9 +179,6 @@ static int get_kind(const cJSON *item, const char *path, tg_chaos_kind *out, cha
   if (!cJSON_IsString(item))
     return fail(err, errlen, "%s: must be a fault kind (a string), got %s", path, shown(item, buf, sizeof buf));
   int k = tg_chaos_kind_parse(item->valuestring);
-  if (k == -2)
-    return fail(err, errlen, "%s: kind \"%s\" is not supported yet (see chaos/README.md)", path,
-                item->valuestring);
   if (k < 0) {
     char list[512] = "";
     for (int i = 0; i < TG_CHAOS_KIND_COUNT; i++)
@@ -270,6 +264,16 @@ static int kind_fits(const tg_chaos_scenario *s, tg_chaos_kind kind, const char 
                 "its own); local processes share one network", path);
   if (kind == TG_CHAOS_COORDINATOR_CRASH && c->coordinators < 2)
     return fail(err, errlen, "%s: coordinator_crash needs cluster.coordinators >= 2 (a standby to take over)", path);
+  int numbers = kind == TG_CHAOS_SILENT_DATA_CORRUPTION || kind == TG_CHAOS_NAN_LOSS;
+  if (numbers && strcmp(s->training.device, "cpu") != 0)
+    return fail(err, errlen, "%s: %s is injected into the CPU trainer's numbers only (training.device \"cpu\")",
+                path, tg_chaos_kind_name(kind));
+  if (kind == TG_CHAOS_SILENT_DATA_CORRUPTION && c->agents * c->slots < 3)
+    return fail(err, errlen, "%s: silent_data_corruption needs at least 3 ranks (agents x slots): with 2 no "
+                "majority can name the culprit", path);
+  if (kind == TG_CHAOS_SILENT_DATA_CORRUPTION && c->agents - 1 + c->spares < c->min_nodes)
+    return fail(err, errlen, "%s: silent_data_corruption takes the culprit's node out: agents - 1 + spares must "
+                "be at least cluster.min_nodes (%d)", path, c->min_nodes);
   if (kind == TG_CHAOS_LOSE_ALL_COPIES) {
     if (c->agents < 3)
       return fail(err, errlen, "%s: lose_all_copies needs cluster.agents >= 3 (nodes at ring positions 1 and 2 "
@@ -317,7 +321,8 @@ static int parse_target(const cJSON *f, const tg_chaos_scenario *s, tg_chaos_fau
 }
 
 static int parse_fault(const cJSON *f, tg_chaos_scenario *s, size_t i, char *err, size_t errlen) {
-  static const char *const fields[] = {"kind", "at_step", "at_ms", "target", "delay_ms", "comment", NULL};
+  static const char *const fields[] = {"kind", "at_step", "at_ms", "target", "delay_ms", "for_steps", "comment",
+                                       NULL};
   char path[32];
   snprintf(path, sizeof path, "faults[%zu]", i);
   tg_chaos_fault_spec *spec = &s->faults[i];
@@ -337,11 +342,23 @@ static int parse_fault(const cJSON *f, tg_chaos_scenario *s, size_t i, char *err
       get_int(f, path, "at_ms", 0, s->deadline_s * 1000, 0, -1, &spec->at_ms, err, errlen) != 0)
     return -1;
   int has_delay = cJSON_GetObjectItemCaseSensitive(f, "delay_ms") != NULL;
-  if (has_delay != (spec->kind == TG_CHAOS_SLOW_LINK))
-    return fail(err, errlen, has_delay ? "%s.delay_ms: only slow_link takes a delay"
-                                       : "%s.delay_ms: missing (slow_link: an integer in 1..600000, ms each byte "
-                                         "between the node's agent and the coordinators is held)", path);
-  if (get_int(f, path, "delay_ms", 1, 600000, 0, -1, &spec->delay_ms, err, errlen) != 0) return -1;
+  int slow = spec->kind == TG_CHAOS_SLOW_LINK, straggler = spec->kind == TG_CHAOS_STRAGGLER;
+  if (has_delay && !slow && !straggler)
+    return fail(err, errlen, "%s.delay_ms: only slow_link and straggler take a delay", path);
+  if (slow && !has_delay)
+    return fail(err, errlen, "%s.delay_ms: missing (slow_link: an integer in 1..600000, ms each byte between the "
+                "node's agent and the coordinators is held)", path);
+  if (!straggler && cJSON_GetObjectItemCaseSensitive(f, "for_steps"))
+    return fail(err, errlen, "%s.for_steps: only straggler takes a number of steps", path);
+  if (get_int(f, path, "delay_ms", 1, slow ? 600000 : 60000, 0, straggler ? TG_CHAOS_STRAGGLER_DELAY_MS : -1,
+              &spec->delay_ms, err, errlen) != 0 ||
+      get_int(f, path, "for_steps", 1, 100000, 0, straggler ? TG_CHAOS_STRAGGLER_STEPS : -1, &spec->for_steps, err,
+              errlen) != 0)
+    return -1;
+  if (straggler && has_step && spec->at_step + 2 * spec->for_steps >= s->training.steps)
+    return fail(err, errlen, "%s: a straggler is measured over 2 x for_steps steps after at_step: at_step + 2 x "
+                "for_steps (%lld) must be below training.steps (%lld)", path,
+                (long long)(spec->at_step + 2 * spec->for_steps), (long long)s->training.steps);
   if (spec->kind == TG_CHAOS_LOSE_ALL_COPIES && has_step && spec->at_step <= s->cluster.persist_every)
     return fail(err, errlen, "%s.at_step: lose_all_copies resumes from disk, so a step must be persisted first: "
                 "at_step must exceed cluster.persist_every (%lld)", path, (long long)s->cluster.persist_every);

@@ -50,14 +50,16 @@ typedef enum {
   TG_CHAOS_GPU_THERMAL,        /* a fake GPU at 92 C, thermally throttled (a WARNING); cooled later */
   TG_CHAOS_GPU_PCIE,           /* a fake GPU's PCIe link down to x8 of x16 (a WARNING); restored later */
   TG_CHAOS_GPU_ROW_REMAP,      /* a fake GPU with a memory row remapping pending (a WARNING); cleared later */
+  TG_CHAOS_SILENT_DATA_CORRUPTION, /* flip a bit of one trainer's parameter replica (tg-train --inject-dir) */
+  TG_CHAOS_NAN_LOSS,           /* one trainer's step ends with a non-finite loss */
+  TG_CHAOS_STRAGGLER,          /* one trainer sleeps delay_ms in each of for_steps steps */
   TG_CHAOS_KIND_COUNT
 } tg_chaos_kind;
 
 /* "trainer_crash", ... */
 const char *tg_chaos_kind_name(tg_chaos_kind kind);
 
-/* The kind named `name`; -1 for a name nobody knows, -2 for a kind that
- * is planned but not supported yet (see chaos/README.md). */
+/* The kind named `name`; -1 for a name nobody knows. */
 int tg_chaos_kind_parse(const char *name);
 
 /* What a kind's target is: a trainer (node and slot), a node, or nothing
@@ -77,8 +79,13 @@ typedef struct {
   int random_target;           /* 1: drawn from the seed when the fault fires */
   char node[TG_CHAOS_NAME_MAX]; /* explicit target node ("n2"), or "" */
   int slot;                    /* explicit target slot, or -1 */
-  int64_t delay_ms;            /* slow_link: how long each byte is held; -1: unused */
+  int64_t delay_ms;            /* slow_link: how long each byte is held; straggler: added to each of its
+                                * steps; -1: unused */
+  int64_t for_steps;           /* straggler: how many steps; -1: unused */
 } tg_chaos_fault_spec;
+
+#define TG_CHAOS_STRAGGLER_DELAY_MS 200 /* defaults for a straggler (a soak's too) */
+#define TG_CHAOS_STRAGGLER_STEPS 10
 
 typedef struct {
   int agents;       /* nodes that form the first world */

@@ -34,7 +34,8 @@ static void test_shipped_scenarios_parse(void **state) {
   const char *names[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
                          "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak",
                          "device_faults", "etcd_member_crash", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl",
-                         "network_partition", "nic_warnings", "slow_link", "disk_full", "gpu_warnings"};
+                         "network_partition", "nic_warnings", "slow_link", "disk_full", "gpu_warnings",
+                         "silent_data_corruption", "nan_loss", "straggler"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char path[256], err[512];
     snprintf(path, sizeof path, "chaos/scenarios/%s.json", names[i]);
@@ -70,6 +71,47 @@ static void test_good_scenario(void **state) {
   assert_int_equal(tg_chaos_node_index(s, "n4"), -1);
   assert_int_equal(tg_chaos_node_index(s, "n03"), -1);
   tg_chaos_scenario_free(s);
+}
+
+/* The kinds injected through tg-train --inject-dir, and a straggler's fields. */
+static void test_trainer_number_faults(void **state) {
+  (void)state;
+  const char *text = "{\"name\": \"t\", \"cluster\": {\"agents\": 3, \"spares\": 1}, "
+                     "\"training\": {\"steps\": 100}, \"faults\": ["
+                     "{\"at_step\": 10, \"kind\": \"silent_data_corruption\", \"target\": {\"node\": \"n1\", \"slot\": 0}},"
+                     "{\"at_step\": 20, \"kind\": \"nan_loss\"},"
+                     "{\"at_step\": 30, \"kind\": \"straggler\", \"delay_ms\": 50, \"for_steps\": 5},"
+                     "{\"at_step\": 60, \"kind\": \"straggler\"}]}";
+  char err[512];
+  tg_chaos_scenario *s = tg_chaos_scenario_parse(text, strlen(text), err, sizeof err);
+  if (!s) fail_msg("%s", err);
+  assert_int_equal(s->faults[0].kind, TG_CHAOS_SILENT_DATA_CORRUPTION);
+  assert_int_equal(tg_chaos_kind_target(s->faults[1].kind), TG_CHAOS_TARGET_TRAINER);
+  assert_int_equal(s->faults[2].delay_ms, 50);
+  assert_int_equal(s->faults[2].for_steps, 5);
+  assert_int_equal(s->faults[3].delay_ms, TG_CHAOS_STRAGGLER_DELAY_MS);
+  assert_int_equal(s->faults[3].for_steps, TG_CHAOS_STRAGGLER_STEPS);
+  tg_chaos_scenario_free(s);
+
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"nan_loss\", \"delay_ms\": 5}]}",
+         "faults[0].delay_ms: only slow_link and straggler take a delay");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"nan_loss\", \"for_steps\": 5}]}",
+         "faults[0].for_steps: only straggler takes a number of steps");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"straggler\", \"delay_ms\": 0}]}",
+         "faults[0].delay_ms: must be");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"straggler\", \"for_steps\": -1}]}",
+         "faults[0].for_steps: must be");
+  expect("{" BASE ", \"faults\": [{\"at_step\": 80, \"kind\": \"straggler\", \"for_steps\": 10}]}",
+         "must be below training.steps");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 1}, \"training\": {\"steps\": 50}, "
+         "\"faults\": [{\"at_step\": 5, \"kind\": \"silent_data_corruption\"}]}",
+         "needs at least 3 ranks");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 3}, \"training\": {\"steps\": 50}, "
+         "\"faults\": [{\"at_step\": 5, \"kind\": \"silent_data_corruption\"}]}",
+         "takes the culprit's node out");
+  expect("{\"name\": \"t\", \"cluster\": {\"agents\": 2}, \"training\": {\"steps\": 50, \"device\": \"cuda\"}, "
+         "\"faults\": [{\"at_step\": 5, \"kind\": \"nan_loss\"}]}",
+         "CPU trainer's numbers only");
 }
 
 static void test_bad_input(void **state) {
@@ -111,7 +153,6 @@ static void test_bad_input(void **state) {
          NULL);
   expect("{" BASE ", \"faults\": {}}", "faults: must be a list");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5}]}", "faults[0].kind: missing");
-  expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"nan_loss\"}]}", "is not supported yet");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"meteor\"}]}", "unknown kind");
   expect("{" BASE ", \"faults\": [{\"kind\": \"hang\"}]}", "exactly one of at_step and at_ms");
   expect("{" BASE ", \"faults\": [{\"at_step\": 100, \"kind\": \"hang\"}]}", "faults[0].at_step: must be");
@@ -140,8 +181,8 @@ static void test_bad_input(void **state) {
   expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": []}}", "soak.kinds: must be");
   expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"hang\", \"hang\"]}}",
          "listed twice");
-  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"nan_loss\"]}}",
-         "not supported yet");
+  expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"meteor\"]}}",
+         "unknown kind");
 }
 
 /* cluster.network and the kinds that need a network of their own. */
@@ -208,7 +249,7 @@ static void test_network(void **state) {
   expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\", \"delay_ms\": 1e12}]}",
          "faults[0].delay_ms: must be an integer in 1..600000");
   expect("{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"hang\", \"delay_ms\": 5}]}",
-         "faults[0].delay_ms: only slow_link takes a delay");
+         "faults[0].delay_ms: only slow_link and straggler take a delay");
   expect("{" BASE ", \"soak\": {\"minutes\": 1, \"every_steps\": 5, \"kinds\": [\"slow_link\"]}}",
          "soak.kinds[0]: slow_link needs a delay_ms");
 }
@@ -229,6 +270,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_shipped_scenarios_parse),
       cmocka_unit_test(test_good_scenario),
+      cmocka_unit_test(test_trainer_number_faults),
       cmocka_unit_test(test_bad_input),
       cmocka_unit_test(test_network),
       cmocka_unit_test(test_size_bound),

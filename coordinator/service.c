@@ -420,6 +420,16 @@ static void on_report_fault(tg_rpc_call *call, const ProtobufCMessage *msg, void
     } else {
       n->healthy = 0;
       n->unhealthy_since_ms = tg_clock_mono_ms();
+      /* A node whose replica of the parameters was corrupted passes every
+       * health check (nothing it can see is wrong), so its next healthy
+       * heartbeat would bring it straight back: keep it out for the
+       * cooldown, as after repeated faults (an operator may clear it). */
+      if (f->kind == TARDIGRADE__V1__FAULT_KIND__FAULT_SILENT_DATA_CORRUPTION && c->cfg.quarantine_cooldown_ms > 0) {
+        n->quarantined_until_unix_ms = tg_clock_unix_ms() + c->cfg.quarantine_cooldown_ms;
+        n->dirty = 1;
+        TG_WARN("node %s quarantined for %" PRId64 " ms: silent data corruption in its replica", n->id,
+                c->cfg.quarantine_cooldown_ms);
+      }
     }
     tg_coord_poke(c);
   }

@@ -660,6 +660,43 @@ static void test_drain_and_quarantine(void **state) {
   stop_cluster(c);
 }
 
+/* A rank's replica of the parameters was corrupted (silent data
+ * corruption, FATAL): one report takes its node out and quarantines it,
+ * although its heartbeats stay healthy (nothing on the node can see the
+ * fault), so it does not come straight back; clearing the quarantine
+ * does. */
+static void test_silent_data_corruption_quarantines(void **state) {
+  cluster *c = start_cluster(1, small);
+  tg_sim_agent *n[3];
+  add_agents(c, n, 3, 2);
+  wait_all(c, n, 3, 1);
+  tg_rpc_status st = {0};
+  int rank = state_of(n[1]).position * 2 + 1;
+  assert_int_equal(tg_sim_agent_report_fault(n[1], TARDIGRADE__V1__FAULT_KIND__FAULT_SILENT_DATA_CORRUPTION,
+                                             TARDIGRADE__V1__SEVERITY__SEVERITY_FATAL, rank,
+                                             state_of(n[1]).generation, "replica check of step 7", &st),
+                   TG_RPC_OK);
+  wait_world_size(c, n[0], 4);
+  assert_int_equal(tg_sim_agent_wait_generation(n[1], state_of(n[0]).generation, WAIT_MS), 0);
+  assert_int_equal(state_of(n[1]).position, -1);
+  static char out[16384];
+  assert_int_equal(tgctl(c, out, sizeof out, "--json", "nodes", NULL), 0);
+  cJSON *j = cJSON_Parse(out);
+  assert_non_null(j);
+  int quarantined = 0;
+  for (int i = 0; i < cJSON_GetArraySize(j); i++) {
+    const cJSON *node = cJSON_GetArrayItem(j, i);
+    if (strcmp(cJSON_GetObjectItem(node, "node_id")->valuestring, "n1") == 0)
+      quarantined = strcmp(cJSON_GetObjectItem(node, "state")->valuestring, "QUARANTINED") == 0;
+  }
+  cJSON_Delete(j);
+  if (!quarantined) fail_msg("n1 is not quarantined: %s", out);
+  assert_int_equal(tgctl(c, out, sizeof out, "quarantine", "clear", "n1"), 0);
+  wait_world_size(c, n[0], 6);
+  check_generations_unique(c, NULL);
+  stop_cluster(c);
+}
+
 static void test_tgctl(void **state) {
   cluster *c = start_cluster(2, small); /* tgctl must find the leader of two */
   tg_sim_agent *n[2];
@@ -774,6 +811,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_stale_generation_refused, teardown_cluster),
       cmocka_unit_test_teardown(test_hostile_requests_refused, teardown_cluster),
       cmocka_unit_test_teardown(test_drain_and_quarantine, teardown_cluster),
+      cmocka_unit_test_teardown(test_silent_data_corruption_quarantines, teardown_cluster),
       cmocka_unit_test_teardown(test_tgctl, teardown_cluster),
       cmocka_unit_test_teardown(test_mutual_tls, teardown_cluster),
       cmocka_unit_test_teardown(test_leader_killed_mid_rendezvous, teardown_cluster),

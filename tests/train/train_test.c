@@ -3,7 +3,10 @@
  * where a scenario wants one), each starting two tg-train processes that
  * train together over gloo on CPU. Faults are real: a trainer or a whole
  * agent with its trainers is SIGKILLed, a trainer SIGSTOPped, checkpoint
- * copies in a node's shared memory corrupted.
+ * copies in a node's shared memory corrupted, a bit of one trainer's
+ * parameters flipped, its loss made NaN or its steps slowed (tg-train's
+ * --inject-dir, the one way in that tests have to a running trainer's
+ * numbers).
  *
  * Training is deterministic whatever the world size (data order follows
  * the global sample index, the global batch is fixed, sums are exact), so
@@ -42,7 +45,7 @@ static char ref_loss[STEPS + 1][24];
 
 /* One job's cluster. */
 typedef struct {
-  char job[32], listen[64], ckpt_dir[700];
+  char job[32], listen[64], ckpt_dir[700], inject_dir[700];
   int min_nodes, max_nodes;
   tg_proc *coordinator;
   tg_proc *agents[MAX_NODES];
@@ -131,7 +134,8 @@ static void start_agent(cluster *c, int node, const char *out) {
     argv[n++] = "--persist-every";
     argv[n++] = "20";
   }
-  const char *train[] = {"--", "trainer/tg-train", "--steps", STEPS_TEXT, "--out", out, NULL};
+  const char *train[] = {"--", "trainer/tg-train", "--steps", STEPS_TEXT, "--out", out,
+                         "--inject-dir", c->inject_dir, NULL};
   for (int i = 0; train[i]; i++) argv[n++] = train[i];
   argv[n] = NULL;
   snprintf(log, sizeof log, "%s/%s-n%d-agent.log", dir, c->job, node);
@@ -173,6 +177,8 @@ static cluster *new_cluster(const char *job, int nodes, int min_nodes, int max_n
     mkdir(c->ckpt_dir, 0755);
   }
   snprintf(params, len, "%s/%s.params", dir, job);
+  snprintf(c->inject_dir, sizeof c->inject_dir, "%s/%s-inject", dir, job);
+  mkdir(c->inject_dir, 0755);
   start_coordinator(c);
   for (int i = 0; i < nodes; i++) start_agent(c, i, params);
   return c;
@@ -265,6 +271,59 @@ static void faults_json(cluster *c, char *out, size_t len) {
   assert_int_equal(tg_proc_run(argv, NULL, 10000, out, len, &status), 0);
 }
 
+/* Every fault of `kind` in the fault log names `rank` (and one exists). */
+/* Faults of `kind` in the fault log `out`: how many name `rank`, and in
+ * *others how many do not. */
+static int naming(const char *out, const char *kind, int rank, int *others) {
+  char quoted[64];
+  snprintf(quoted, sizeof quoted, "\"%s\"", kind);
+  int n = 0;
+  *others = 0;
+  for (const char *p = strstr(out, quoted); p; p = strstr(p + 1, quoted)) {
+    const char *r = strstr(p, "\"rank\":");
+    if (r && strtol(r + 7, NULL, 10) == rank)
+      n++;
+    else
+      (*others)++;
+  }
+  return n;
+}
+
+static void faults_name_rank(cluster *c, const char *kind, int rank) {
+  char out[65536];
+  int others;
+  faults_json(c, out, sizeof out);
+  if (naming(out, kind, rank, &others) == 0) fail_msg("no %s naming rank %d reported: %s", kind, rank, out);
+  if (others) fail_msg("a %s named another rank than %d: %s", kind, rank, out);
+}
+
+/* Waits until a fault of `kind` naming `rank` is in the fault log. */
+static void wait_fault_naming(cluster *c, const char *kind, int rank) {
+  static char out[65536];
+  int others;
+  int64_t deadline = tg_clock_mono_ms() + WAIT_MS;
+  for (;;) {
+    faults_json(c, out, sizeof out);
+    if (naming(out, kind, rank, &others) > 0) return;
+    if (tg_clock_mono_ms() > deadline) {
+      stop_cluster(c, 1);
+      fail_msg("job %s: no %s naming rank %d: %s", c->job, kind, rank, out);
+    }
+    tg_clock_sleep_ms(100);
+  }
+}
+
+/* Waits until the spare n4 resumed training, and checks that it holds
+ * ranks of a world of 8. */
+static void wait_spare_took_ranks(cluster *c) {
+  char spare_log[800];
+  slot_log(c, 4, 0, spare_log, sizeof spare_log);
+  int64_t deadline = tg_clock_mono_ms() + WAIT_MS;
+  while (count_in_file(spare_log, "resuming at step") == 0 && tg_clock_mono_ms() < deadline)
+    tg_clock_sleep_ms(20);
+  if (count_in_file(spare_log, "of 8 (generation") == 0) fail_msg("the spare did not take the lost ranks");
+}
+
 /* ------------------------------------------------------------ scenarios */
 
 /* The fault-free run every scenario is compared with (run once). */
@@ -310,12 +369,7 @@ static void test_node_loss_with_spare(void **state) {
   start_agent(c, 4, params); /* registered after the world formed: a spare */
   wait_logs(c, "step 80 loss", 1);
   tg_proc_signal(c->agents[1], SIGKILL); /* the agent and, with it, its trainers */
-  char spare_log[800];
-  slot_log(c, 4, 0, spare_log, sizeof spare_log);
-  int64_t deadline = tg_clock_mono_ms() + WAIT_MS;
-  while (count_in_file(spare_log, "resuming at step") == 0 && tg_clock_mono_ms() < deadline)
-    tg_clock_sleep_ms(20);
-  if (count_in_file(spare_log, "of 8 (generation") == 0) fail_msg("the spare did not take the lost ranks");
+  wait_spare_took_ranks(c);
   finish(c, params);
   free_cluster(c);
 }
@@ -360,14 +414,7 @@ static void test_hang_names_culprit(void **state) {
   assert_true(victim > 0);
   assert_int_equal(kill(victim, SIGSTOP), 0);
   wait_logs(c, "): resuming at step", 8);
-  char out[65536];
-  faults_json(c, out, sizeof out);
-  if (!strstr(out, "\"HANG\"")) fail_msg("no hang reported: %s", out);
-  for (const char *p = strstr(out, "\"HANG\""); p; p = strstr(p + 1, "\"HANG\"")) {
-    const char *rank = strstr(p, "\"rank\":");
-    if (!rank || strtol(rank + 7, NULL, 10) != culprit)
-      fail_msg("a hang named another rank than %d: %s", culprit, out);
-  }
+  faults_name_rank(c, "HANG", culprit);
   finish(c, params);
   free_cluster(c);
 }
@@ -424,6 +471,125 @@ static void test_all_memory_copies_lost(void **state) {
   free_cluster(c);
 }
 
+/* Asks the trainer in (node, slot) for a fault (trainer/train/inject.h). */
+static void inject(cluster *c, int node, int slot, const char *request) {
+  char path[800], tmp[820];
+  snprintf(path, sizeof path, "%s/n%d.%d", c->inject_dir, node, slot);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  assert_non_null(f);
+  fprintf(f, "%s\n", request);
+  assert_int_equal(fclose(f), 0);
+  assert_int_equal(rename(tmp, path), 0); /* whole, or not at all */
+}
+
+/* The step the replica check refused, from the library's line in the logs. */
+static unsigned refused_step(cluster *c) {
+  for (int node = 0; node < MAX_NODES; node++)
+    for (int s = 0; s < 2; s++) {
+      char path[800], line[1024];
+      slot_log(c, node, s, path, sizeof path);
+      FILE *f = fopen(path, "r");
+      unsigned step = 0;
+      while (f && fgets(line, sizeof line, f)) {
+        const char *at = strstr(line, "replica check of step ");
+        if (at && sscanf(at, "replica check of step %u", &step) == 1) break;
+      }
+      if (f) fclose(f);
+      if (step) return step;
+    }
+  fail_msg("job %s: no replica check failed", c->job);
+  return 0;
+}
+
+/* Every "resuming at step N" of the job is before `step`. */
+static void resumed_before(cluster *c, unsigned step) {
+  for (int node = 0; node < MAX_NODES; node++)
+    for (int s = 0; s < 2; s++) {
+      char path[800], line[1024];
+      slot_log(c, node, s, path, sizeof path);
+      FILE *f = fopen(path, "r");
+      while (f && fgets(line, sizeof line, f)) {
+        const char *at = strstr(line, "resuming at step ");
+        unsigned n;
+        if (at && sscanf(at, "resuming at step %u", &n) == 1 && n >= step) {
+          fclose(f);
+          fail_msg("job %s: a rank resumed at step %u, at or after the refused step %u", c->job, n, step);
+        }
+      }
+      if (f) fclose(f);
+    }
+}
+
+/* One bit of one trainer's replica of the parameters flipped (silent data
+ * corruption): the replica check refuses the step before it is written,
+ * the corrupted rank names itself, its node leaves the world (the spare
+ * takes its ranks), and every rank resumes from a step before it. */
+static void test_silent_data_corruption_names_culprit(void **state) {
+  (void)state;
+  char params[700];
+  cluster *c = new_cluster("sdc", 4, 4, 4, 0, params, sizeof params);
+  wait_logs(c, "step 20 loss", 1);
+  start_agent(c, 4, params);
+  wait_logs(c, "step 60 loss", 1);
+  int culprit = first_rank(c, 1, 1);
+  inject(c, 1, 1, "sdc");
+  wait_spare_took_ranks(c);
+  faults_name_rank(c, "SILENT_DATA_CORRUPTION", culprit);
+  resumed_before(c, refused_step(c));
+  finish(c, params);
+  free_cluster(c);
+}
+
+/* The same with two ranks: no majority, so no culprit can be named; rank
+ * 0 reports it (ERROR) and the same node rolls back. */
+static void test_silent_data_corruption_two_ranks(void **state) {
+  (void)state;
+  char params[700];
+  cluster *c = new_cluster("sdc2", 1, 1, 1, 0, params, sizeof params);
+  wait_logs(c, "step 60 loss", 1);
+  inject(c, 0, 1, "sdc");
+  wait_logs(c, "): resuming at step", 2);
+  faults_name_rank(c, "SILENT_DATA_CORRUPTION", 0);
+  if (count_in_logs(c, "no majority agrees") != 1) fail_msg("job %s: rank 0 did not say why no culprit", c->job);
+  resumed_before(c, refused_step(c));
+  finish(c, params);
+  free_cluster(c);
+}
+
+/* One trainer made slow (200 ms more in each of 10 steps): every rank
+ * waits for it, so step times cannot tell; its time outside collectives,
+ * compared at each replica check, names it STRAGGLER. A warning: the
+ * world stands, nothing is rolled back. */
+static void test_straggler_names_itself(void **state) {
+  (void)state;
+  char params[700];
+  cluster *c = new_cluster("straggler", 4, 4, 4, 0, params, sizeof params);
+  wait_logs(c, "step 60 loss", 1);
+  int culprit = first_rank(c, 3, 0);
+  inject(c, 3, 0, "straggler 200 10");
+  wait_fault_naming(c, "STRAGGLER", culprit);
+  finish(c, params);
+  if (count_in_logs(c, "resuming at step") != 0) fail_msg("job %s: a straggler re-formed the world", c->job);
+  free_cluster(c);
+}
+
+/* A NaN in one trainer's loss and gradient: reported as NAN_LOSS naming
+ * it before anything of the step is committed; the same nodes roll back
+ * to the last committed step. */
+static void test_nan_loss_rolls_back(void **state) {
+  (void)state;
+  char params[700];
+  cluster *c = new_cluster("nan", 4, 4, 4, 0, params, sizeof params);
+  wait_logs(c, "step 60 loss", 1);
+  int culprit = first_rank(c, 2, 0);
+  inject(c, 2, 0, "nan");
+  wait_logs(c, "): resuming at step", 8);
+  faults_name_rank(c, "NAN_LOSS", culprit);
+  finish(c, params);
+  free_cluster(c);
+}
+
 static int teardown(void **state) {
   (void)state;
   if (current) {
@@ -456,6 +622,10 @@ int main(void) {
       cmocka_unit_test(test_hang_names_culprit),
       cmocka_unit_test(test_corrupt_copy_refused),
       cmocka_unit_test(test_all_memory_copies_lost),
+      cmocka_unit_test(test_silent_data_corruption_names_culprit),
+      cmocka_unit_test(test_silent_data_corruption_two_ranks),
+      cmocka_unit_test(test_nan_loss_rolls_back),
+      cmocka_unit_test(test_straggler_names_itself),
   };
   /* TG_TEST_FILTER=test_hang* runs the scenarios whose names match. */
   if (getenv("TG_TEST_FILTER")) cmocka_set_test_filter(getenv("TG_TEST_FILTER"));

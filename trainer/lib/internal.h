@@ -21,6 +21,7 @@ typedef struct {
   char name[64];
   void *data;
   size_t bytes;
+  int replica;  /* identical on every rank (tg_register_replica): checked before a snapshot */
 } tg_lib_buffer;
 
 /* A shard read whole (from any copy) and kept until the next snapshot. */
@@ -57,6 +58,13 @@ struct tg_trainer {
   int replication_stalled;    /* said once until replication catches up */
   tg_lib_plan *plan;          /* of the last tg_resume_step in this world */
   tg_lib_cached *cache;
+  int64_t replica_check_steps; /* $TG_REPLICA_CHECK_STEPS: check every N steps (0: never) */
+  /* Busy time (outside collectives) between two replica checks, which
+   * all-gather it beside the checksum to name a straggler (replica.c). */
+  int64_t check_mark_ms;      /* monotonic, at the end of the last check in this world; 0: none */
+  int64_t collective_ms;      /* spent inside collectives since then */
+  int64_t entered_ms;         /* when the current collective was entered */
+  int slow_checks;            /* consecutive checks at which this rank was the slow one */
   char error[512];
 };
 
@@ -75,5 +83,14 @@ tg_result tg_lib_all_reduce_host(tg_trainer *t, int64_t *buf, size_t count);
 /* Reports a fault about this rank to the agent (a Severity; logged). An
  * ERROR re-forms the world; a WARNING is recorded only. */
 void tg_lib_report(tg_trainer *t, int kind, int severity, const char *detail);
+
+/* replica.c: the cross-rank check of the replicated buffers that
+ * tg_snapshot runs before it writes `step`: TG_OK, or TG_WORLD_CHANGED
+ * (a mismatch, reported, or a failed collective) with t->error set. */
+tg_result tg_lib_check_replicas(tg_trainer *t, uint64_t step);
+
+/* The checksum the check compares (64 bits over the replicated buffers,
+ * in registration order). */
+uint64_t tg_lib_replica_checksum(const tg_trainer *t);
 
 #endif

@@ -155,6 +155,20 @@ tg_trainer *tg_init(void) {
   if (counters && *counters && !(t->counters = tg_counters_open(counters, err, sizeof err)))
     fprintf(stderr, "tardigrade: %s; hangs in collectives will be blamed less precisely\n", err);
   if (t->counters) t->alive_started = pthread_create(&t->alive_thread, NULL, alive_main, t) == 0;
+  /* Every rank must check at the same steps (the check is a collective):
+   * the agent gives all its trainers one environment. */
+  const char *every = getenv("TG_REPLICA_CHECK_STEPS");
+  t->replica_check_steps = TG_REPLICA_CHECK_STEPS_DEFAULT;
+  if (every && *every) {
+    char *end = NULL;
+    long long n = strtoll(every, &end, 10);
+    if (*end || n < 0) {
+      fprintf(stderr, "tardigrade: TG_REPLICA_CHECK_STEPS=%s: expected a step count >= 0 (0: no check)\n", every);
+      tg_free(t);
+      return NULL;
+    }
+    t->replica_check_steps = n;
+  }
   return t;
 }
 
@@ -204,6 +218,8 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
   t->world.coordinator_resume_step = r->world->resume_step;
   t->known_generation = r->world->generation;
   t->collective_seq = 0;
+  t->check_mark_ms = 0; /* the first check of a world also timed the restore: not compared */
+  t->slow_checks = 0;
   snprintf(t->node_id, sizeof t->node_id, "%s", r->node_id);
   snprintf(t->agent_address, sizeof t->agent_address, "%s", r->agent_address);
   snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s", r->ckpt_dir);
@@ -248,7 +264,7 @@ tg_result tg_join(tg_trainer *t, tg_world *world, int64_t timeout_ms) {
   return TG_OK;
 }
 
-tg_result tg_register(tg_trainer *t, const char *name, void *data, size_t bytes) {
+static tg_result register_buffer(tg_trainer *t, const char *name, void *data, size_t bytes, int replica) {
   if (!name || strlen(name) >= sizeof t->buffers[0].name || (!data && bytes))
     return tg_lib_fail(t, "register: bad buffer");
   tg_lib_buffer *b = NULL;
@@ -260,7 +276,16 @@ tg_result tg_register(tg_trainer *t, const char *name, void *data, size_t bytes)
   snprintf(b->name, sizeof b->name, "%s", name);
   b->data = data;
   b->bytes = bytes;
+  b->replica = replica;
   return TG_OK;
+}
+
+tg_result tg_register(tg_trainer *t, const char *name, void *data, size_t bytes) {
+  return register_buffer(t, name, data, bytes, 0);
+}
+
+tg_result tg_register_replica(tg_trainer *t, const char *name, void *data, size_t bytes) {
+  return register_buffer(t, name, data, bytes, 1);
 }
 
 /* A communicator failure means the world is gone. */
@@ -268,6 +293,7 @@ static tg_result comm_result(tg_trainer *t, tg_comm_code code, const tg_comm_sta
   /* Out of the collective: the agent tells a rank waiting inside one (a
    * victim) from a rank that never came (the culprit). */
   tg_counters_done(t->counters, (int)t->slot, t->world.generation, t->collective_seq);
+  t->collective_ms += tg_clock_mono_ms() - t->entered_ms;
   if (code == TG_COMM_OK) return TG_OK;
   snprintf(t->error, sizeof t->error, "%s: %s", tg_comm_code_name(code), cs->message);
   return TG_WORLD_CHANGED;
@@ -275,6 +301,7 @@ static tg_result comm_result(tg_trainer *t, tg_comm_code code, const tg_comm_sta
 
 /* Counts a collective and tells the agent this rank entered it. */
 static void enter(tg_trainer *t) {
+  t->entered_ms = tg_clock_mono_ms();
   t->collective_seq++;
   tg_counters_enter(t->counters, (int)t->slot, t->world.generation, t->collective_seq);
 }
@@ -317,6 +344,10 @@ tg_result tg_broadcast(tg_trainer *t, void *buf, size_t bytes, int root) {
 
 tg_result tg_snapshot(tg_trainer *t, uint64_t step) {
   tg_lib_forget_restore(t); /* restored: the copies read for it are no longer needed */
+  /* Before anything of the step is written: a step whose replicas differ
+   * must never become a resume point. */
+  tg_result checked = tg_lib_check_replicas(t, step);
+  if (checked != TG_OK) return checked;
   size_t total = sizeof(uint64_t) * (1 + t->n_buffers);
   for (size_t i = 0; i < t->n_buffers; i++) total += t->buffers[i].bytes;
   tg_ckpt_key key = {.generation = t->world.generation, .step = step, .shard = t->world.rank,

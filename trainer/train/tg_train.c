@@ -42,12 +42,13 @@
 #include "trainer/model/model.h"
 #include "trainer/model/shard.h"
 #include "trainer/model/step.h"
+#include "trainer/train/inject.h"
 #include "trainer/train/train_gpu.h"
 
 
 typedef struct {
   int64_t steps, width, depth, context, batch, micro, seed;
-  char corpus[512], out[512], device[16];
+  char corpus[512], out[512], device[16], inject_dir[512];
 } options;
 
 /* The state of one world: the optimizer slice and the gather buffers.
@@ -152,11 +153,17 @@ static tg_result load_cpu_optimizer(world_state *w, uint64_t step) {
 }
 
 /* The end of a step: its snapshot into the node's memory, then progress.
- * A snapshot that cannot be written ends the run (-1); *r is what
- * tg_step_done said. */
+ * A snapshot that cannot be written ends the run (-1); one the replica
+ * check refused sets *r to TG_WORLD_CHANGED (re-join, roll back);
+ * otherwise *r is what tg_step_done said. */
 static int commit_step(tg_trainer *t, uint64_t step, float loss, uint32_t step_ms, uint32_t rank,
                        tg_result *r) {
-  if (tg_snapshot(t, step) != TG_OK) {
+  tg_result snap = tg_snapshot(t, step);
+  if (snap == TG_WORLD_CHANGED) {
+    *r = snap;
+    return 0;
+  }
+  if (snap != TG_OK) {
     fprintf(stderr, "tg-train: %s\n", tg_last_error(t));
     return -1;
   }
@@ -202,6 +209,9 @@ int main(int argc, char **argv) {
       {"out", TG_OPT_STRING, o.out, sizeof o.out, 0, 0, "rank 0 writes the final parameters here"},
       {"device", TG_OPT_STRING, o.device, sizeof o.device, 0, 0,
        "cpu, or cuda: the GPU $TG_CUDA_DEVICE, else slot modulo the GPU count (NCCL: its device)"},
+      {"inject-dir", TG_OPT_STRING, o.inject_dir, sizeof o.inject_dir, 0, 0,
+       "tests only: read fault requests (sdc, nan, straggler) from DIR/<node>.<slot> each step; "
+       "empty (default): off"},
   };
   char err[512];
   switch (tg_config_parse(opts, sizeof opts / sizeof opts[0], argc, argv,
@@ -259,6 +269,9 @@ int main(int argc, char **argv) {
   int64_t *acc = gpu ? NULL : calloc(acc_len, sizeof *acc);
   world_state w = {0};
   pending_snapshot pending = {0};
+  tg_inject inject;
+  tg_inject_init(&inject, o.inject_dir);
+  uint64_t nonfinite_step = 0; /* the step a non-finite loss was last rolled back from */
   int rc = 1;
 
   for (;;) { /* one iteration per world */
@@ -292,7 +305,7 @@ int main(int argc, char **argv) {
      * the slices depend on the world's size. */
     static uint64_t saved_step;
     size_t own = w.end - w.begin;
-    tg_register(t, "params", params, P * sizeof(float));
+    tg_register_replica(t, "params", params, P * sizeof(float));
     tg_register(t, "adamw.m", w.m_stage, own * sizeof(float));
     tg_register(t, "adamw.v", w.v_stage, own * sizeof(float));
     tg_register(t, "step", &saved_step, sizeof saved_step);
@@ -331,6 +344,8 @@ int main(int argc, char **argv) {
     tg_result r = TG_OK;
     while (r == TG_OK && w.step < (uint64_t)o.steps) {
       int64_t t0 = tg_clock_mono_ms();
+      tg_inject_poll(&inject);
+      tg_inject_straggle(&inject);
       uint32_t chunks = tg_step_chunk_count(&plan);
       size_t cb, ce;
       tg_shard_range(chunks, W, R, &cb, &ce);
@@ -350,7 +365,19 @@ int main(int argc, char **argv) {
         continue;
       }
       memset(acc, 0, acc_len * sizeof *acc);
-      if (tg_step_accumulate(model, corpus, &plan, w.step, (uint32_t)cb, (uint32_t)ce, acc) != TG_MODEL_OK) {
+      tg_model_status acc_st = tg_step_accumulate(model, corpus, &plan, w.step, (uint32_t)cb, (uint32_t)ce, acc);
+      if (inject.nan) { /* as a NaN in this rank's loss comes out of the fixed-point sums */
+        inject.nan = 0;
+        acc_st = TG_MODEL_ENONFINITE;
+      }
+      if (acc_st == TG_MODEL_ENONFINITE && nonfinite_step != w.step + 1) {
+        /* Roll back once (a flipped bit, a bad input on one rank); the
+         * same step diverging again after that is the model's own. */
+        nonfinite_step = w.step + 1;
+        r = tg_report_nonfinite(t, w.step + 1, "loss or gradient");
+        break;
+      }
+      if (acc_st != TG_MODEL_OK) {
         fprintf(stderr, "tg-train: the loss diverged at step %" PRIu64 "\n", w.step);
         goto done;
       }
@@ -363,6 +390,11 @@ int main(int argc, char **argv) {
       tg_adamw_update(w.opt, params, tg_model_grads(model), tg_fixed_sqnorm_to_norm(limbs));
       r = gather_params(t, &w, params, P);
       if (r != TG_OK) break;
+      if (W > 1) { /* outside this rank's slice, so only its replica differs */
+        size_t ob, oe;
+        tg_shard_range(P, W, (R + 1) % W, &ob, &oe);
+        tg_inject_sdc(&inject, params, ob);
+      }
       w.step++;
       saved_step = w.step;
       memcpy(w.m_stage, tg_adamw_m(w.opt), own * sizeof(float));
