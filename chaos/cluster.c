@@ -142,7 +142,7 @@ tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char 
   /* Last: nothing after it can fail and leave the mount behind. */
   if (cfg->ckpt_fs_mib > 0) {
     char opts[32];
-    snprintf(path, sizeof path, "%s/ckpt", c->dir);
+    tg_chaos_cluster_ckpt_dir(c, path, sizeof path);
     snprintf(opts, sizeof opts, "size=%dm,mode=0755", cfg->ckpt_fs_mib);
     if (mount("tg-chaos-ckpt", path, "tmpfs", MS_NOSUID | MS_NODEV, opts) != 0) {
       snprintf(err, errlen, "mounting a %d MiB tmpfs on %s (disk_full needs root): %s", cfg->ckpt_fs_mib, path,

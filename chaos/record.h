@@ -45,7 +45,6 @@ typedef struct {
   int64_t freed_at_step;            /* disk_full: the space was freed after this step; -1: not yet */
   int gpu;                          /* device kinds: the fake GPU written; -1: none */
   int64_t step_at_detection;        /* warning kinds: the newest step when the record was seen */
-  int64_t fault_log_read_mono_ms;   /* warning kinds: when the fault log was last read */
   int healed;                       /* network_partition, slow_link: the link is back (or could not be) */
   int64_t healed_mono_ms;           /* when it came up; 0: not (yet) */
   int64_t next_log_read_mono_ms;    /* nic_flap, nic_errors: when to read the fault log again */
