@@ -25,6 +25,7 @@
 #include <cjson/cJSON.h>
 #include <cmocka.h>
 
+#include "chaos/test_report.h"
 #include "tests/harness/netns.h"
 #include "tests/harness/proc.h"
 
@@ -60,15 +61,7 @@ static cJSON *run_scenario_file(const char *scenario, const char *name, int want
     fprintf(stderr, "%s\n", output);
     fail_msg("tg-chaos run %s exited %d, expected %d", name, rc, want_exit);
   }
-  FILE *f = fopen(report, "rb");
-  if (!f) fail_msg("no report %s", report);
-  static char text[1 << 20];
-  size_t len = fread(text, 1, sizeof text - 1, f);
-  fclose(f);
-  text[len] = '\0';
-  cJSON *j = cJSON_Parse(text);
-  if (!j) fail_msg("the report is not JSON: %.500s", text);
-  return j;
+  return tg_chaos_test_read_report(report);
 }
 
 /* Runs a scenario of testdata/ and returns its parsed report. */
@@ -78,11 +71,7 @@ static cJSON *run_scenario(const char *name, int want_exit) {
   return run_scenario_file(scenario, name, want_exit);
 }
 
-static const cJSON *get(const cJSON *o, const char *key) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-  if (!v) fail_msg("the report has no \"%s\"", key);
-  return v;
-}
+static const cJSON *get(const cJSON *o, const char *key) { return tg_chaos_test_get(o, key); }
 
 static const cJSON *invariant(const cJSON *report, const char *name) {
   const cJSON *inv;

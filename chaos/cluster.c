@@ -18,6 +18,8 @@
 #include "agent/ckpt/store.h"
 #include "agent/health/gpu_fake.h"
 #include "agent/health/nic_fake.h"
+#include "common/clock/clock.h"
+#include "chaos/procs.h"
 #include "chaos/proxy.h"
 #include "tests/harness/proc.h"
 
@@ -36,7 +38,17 @@ struct tg_chaos_cluster {
   int ports[TG_CHAOS_MAX_COORDINATORS];
   tg_proc *coord[TG_CHAOS_MAX_COORDINATORS];
   tg_proc *agent[TG_CHAOS_MAX_NODES];
-  char node_ids[TG_CHAOS_MAX_NODES][16];
+  char node_ids[TG_CHAOS_MAX_NODES][TG_CHAOS_NAME_MAX];
+  /* Attached (tg_chaos_cluster_attach): the job's own processes, found
+   * in /proc, and where each agent keeps what tg-chaos needs. */
+  int attached;
+  tg_chaos_proc found_coord[TG_CHAOS_MAX_COORDINATORS];
+  tg_chaos_proc found_agent[TG_CHAOS_MAX_NODES];
+  char coord_ids[TG_CHAOS_MAX_COORDINATORS][TG_CHAOS_NAME_MAX];
+  char log_dir[TG_CHAOS_MAX_NODES][512];
+  char fake_dir[TG_CHAOS_MAX_NODES][512];
+  char inject_dir[TG_CHAOS_MAX_NODES][512];
+  char ckpt_dir[512];
   int ckpt_mounted;
   /* With slow links: each node's own route to every coordinator. */
   tg_chaos_proxy *proxy;
@@ -174,6 +186,12 @@ static void stop_all(tg_proc **procs, int n) {
 
 void tg_chaos_cluster_free(tg_chaos_cluster *c) {
   if (!c) return;
+  if (c->attached) { /* the job is not ours: it goes on */
+    for (int i = 0; i < c->cfg.coordinators; i++) tg_chaos_proc_clear(&c->found_coord[i]);
+    for (int i = 0; i < c->cfg.nodes; i++) tg_chaos_proc_clear(&c->found_agent[i]);
+    free(c);
+    return;
+  }
   stop_all(c->agent, c->cfg.nodes);
   stop_all(c->coord, c->cfg.coordinators);
   tg_chaos_proxy_free(c->proxy);
@@ -182,7 +200,7 @@ void tg_chaos_cluster_free(tg_chaos_cluster *c) {
     char name[160];
     tg_chaos_cluster_store_name(c, i, name, sizeof name);
     tg_ckpt_store_unlink(name);
-    snprintf(name, sizeof name, "/tg-progress-%s-n%d", c->job, i);
+    snprintf(name, sizeof name, "/tg-progress-%s-%s", c->job, c->node_ids[i]);
     shm_unlink(name);
   }
   if (c->ckpt_mounted) {
@@ -194,7 +212,10 @@ void tg_chaos_cluster_free(tg_chaos_cluster *c) {
 }
 
 void tg_chaos_cluster_ckpt_dir(const tg_chaos_cluster *c, char *out, size_t len) {
-  snprintf(out, len, "%s/ckpt", c->dir);
+  if (c->attached)
+    snprintf(out, len, "%s", c->ckpt_dir);
+  else
+    snprintf(out, len, "%s/ckpt", c->dir);
 }
 
 /* ------------------------------------------------------------ coordinators */
@@ -204,6 +225,8 @@ int tg_chaos_cluster_start_coordinator(tg_chaos_cluster *c, int i, char *err, si
     snprintf(err, errlen, "no coordinator %d", i);
     return -1;
   }
+  if (c->attached)
+    return tg_chaos_proc_alive(&c->found_coord[i]) ? 0 : tg_chaos_proc_respawn(&c->found_coord[i], err, errlen);
   if (c->coord[i] && tg_proc_running(c->coord[i])) return 0;
   char id[16], listen[64], min[16], max[16], slots[16], hb_interval[24], hb_timeout[24], log[700];
   snprintf(id, sizeof id, "c%d", i);
@@ -225,20 +248,31 @@ int tg_chaos_cluster_start_coordinator(tg_chaos_cluster *c, int i, char *err, si
 }
 
 int tg_chaos_cluster_coordinator_running(tg_chaos_cluster *c, int i) {
-  return i >= 0 && i < c->cfg.coordinators && c->coord[i] && tg_proc_running(c->coord[i]);
+  if (i < 0 || i >= c->cfg.coordinators) return 0;
+  return c->attached ? tg_chaos_proc_alive(&c->found_coord[i]) : c->coord[i] && tg_proc_running(c->coord[i]);
 }
 
 int tg_chaos_cluster_coordinator_index(const tg_chaos_cluster *c, const char *id) {
   for (int i = 0; i < c->cfg.coordinators; i++) {
     char name[16];
     snprintf(name, sizeof name, "c%d", i);
-    if (strcmp(name, id) == 0) return i;
+    if (strcmp(c->attached ? c->coord_ids[i] : name, id) == 0) return i;
   }
   return -1;
 }
 
+int tg_chaos_cluster_coordinator_count(const tg_chaos_cluster *c) { return c->cfg.coordinators; }
+
+void tg_chaos_cluster_coordinator_id(const tg_chaos_cluster *c, int i, char *out, size_t len) {
+  if (c->attached)
+    snprintf(out, len, "%s", i >= 0 && i < c->cfg.coordinators ? c->coord_ids[i] : "?");
+  else
+    snprintf(out, len, "c%d", i);
+}
+
 int tg_chaos_cluster_kill_coordinator(tg_chaos_cluster *c, int i) {
   if (!tg_chaos_cluster_coordinator_running(c, i)) return -1;
+  if (c->attached) return tg_chaos_proc_kill(&c->found_coord[i], STOP_MS);
   tg_proc_signal(c->coord[i], SIGKILL);
   tg_proc_wait(c->coord[i], STOP_MS, NULL);
   return 0;
@@ -253,6 +287,8 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
     snprintf(err, errlen, "no node %d", node);
     return -1;
   }
+  if (c->attached)
+    return tg_chaos_proc_alive(&c->found_agent[node]) ? 0 : tg_chaos_proc_respawn(&c->found_agent[node], err, errlen);
   if (c->agent[node] && tg_proc_running(c->agent[node])) return 0;
   char logs[700], sock[700], log[700], ckpt[700], inject[700], slots[16], mib[24], hang[24], persist[24];
   char steps[24], width[24], depth[24], context[24], batch[24], micro[24], seed[24];
@@ -322,22 +358,37 @@ int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_
 }
 
 void tg_chaos_cluster_inject_path(const tg_chaos_cluster *c, int node, int slot, char *out, size_t len) {
-  snprintf(out, len, "%s/inject/%s.%d", c->dir, node >= 0 && node < c->cfg.nodes ? c->node_ids[node] : "none", slot);
+  int known = node >= 0 && node < c->cfg.nodes;
+  if (c->attached && (!known || !c->inject_dir[node][0]))
+    out[0] = '\0';
+  else if (c->attached)
+    snprintf(out, len, "%s/%s.%d", c->inject_dir[node], c->node_ids[node], slot);
+  else
+    snprintf(out, len, "%s/inject/%s.%d", c->dir, known ? c->node_ids[node] : "none", slot);
 }
 
 void tg_chaos_cluster_fake_devices(const tg_chaos_cluster *c, int node, char *out, size_t len) {
-  snprintf(out, len, "%s/devices/%s", c->dir, node >= 0 && node < c->cfg.nodes ? c->node_ids[node] : "none");
+  int known = node >= 0 && node < c->cfg.nodes;
+  if (c->attached)
+    snprintf(out, len, "%s", known ? c->fake_dir[node] : "");
+  else
+    snprintf(out, len, "%s/devices/%s", c->dir, known ? c->node_ids[node] : "none");
 }
 
 int tg_chaos_cluster_agent_running(tg_chaos_cluster *c, int node) {
-  return node >= 0 && node < c->cfg.nodes && c->agent[node] && tg_proc_running(c->agent[node]);
+  if (node < 0 || node >= c->cfg.nodes) return 0;
+  return c->attached ? tg_chaos_proc_alive(&c->found_agent[node]) : c->agent[node] && tg_proc_running(c->agent[node]);
+}
+
+static pid_t agent_pid(tg_chaos_cluster *c, int node) {
+  return c->attached ? c->found_agent[node].pid : tg_proc_pid(c->agent[node]);
 }
 
 pid_t tg_chaos_cluster_trainer_pid(tg_chaos_cluster *c, int node, int slot) {
   if (!tg_chaos_cluster_agent_running(c, node)) return 0;
   char entry[32];
   snprintf(entry, sizeof entry, "TG_SLOT=%d", slot);
-  return tg_proc_child_with_env(tg_proc_pid(c->agent[node]), entry);
+  return tg_proc_child_with_env(agent_pid(c, node), entry);
 }
 
 int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node) {
@@ -347,10 +398,18 @@ int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node) {
    * set up. Their pids are read before the agent goes. */
   pid_t trainers[TG_CHAOS_MAX_SLOTS] = {0};
   for (int s = 0; s < c->spec.slots && s < TG_CHAOS_MAX_SLOTS; s++) trainers[s] = tg_chaos_cluster_trainer_pid(c, node, s);
-  tg_proc_signal(c->agent[node], SIGKILL);
+  if (c->attached)
+    kill(c->found_agent[node].pid, SIGKILL);
+  else
+    tg_proc_signal(c->agent[node], SIGKILL);
   for (int s = 0; s < TG_CHAOS_MAX_SLOTS; s++)
     if (trainers[s] > 0) kill(trainers[s], SIGKILL);
-  tg_proc_wait(c->agent[node], STOP_MS, NULL);
+  if (c->attached) {
+    int64_t deadline = tg_clock_mono_ms() + STOP_MS;
+    while (tg_chaos_proc_alive(&c->found_agent[node]) && tg_clock_mono_ms() < deadline) tg_clock_sleep_ms(10);
+  } else {
+    tg_proc_wait(c->agent[node], STOP_MS, NULL);
+  }
   return 0;
 }
 
@@ -392,20 +451,34 @@ int tg_chaos_cluster_heal(tg_chaos_cluster *c, int node, char *err, size_t errle
 const char *tg_chaos_cluster_node_id(const tg_chaos_cluster *c, int node) {
   return node >= 0 && node < c->cfg.nodes ? c->node_ids[node] : "?";
 }
+
+int tg_chaos_cluster_node_index(const tg_chaos_cluster *c, const char *id) {
+  for (int i = 0; id && i < c->cfg.nodes; i++)
+    if (strcmp(c->node_ids[i], id) == 0) return i;
+  return -1;
+}
+
+int tg_chaos_cluster_attached(const tg_chaos_cluster *c) { return c->attached; }
 int tg_chaos_cluster_nodes(const tg_chaos_cluster *c) { return c->cfg.nodes; }
 int tg_chaos_cluster_slots(const tg_chaos_cluster *c) { return c->spec.slots; }
 const char *tg_chaos_cluster_job(const tg_chaos_cluster *c) { return c->job; }
 
 void tg_chaos_cluster_slot_log(const tg_chaos_cluster *c, int node, int slot, char *out, size_t len) {
-  snprintf(out, len, "%s/logs/n%d/slot-%d.log", c->dir, node, slot);
+  if (c->attached)
+    snprintf(out, len, "%s/slot-%d.log", c->log_dir[node], slot);
+  else
+    snprintf(out, len, "%s/logs/%s/slot-%d.log", c->dir, c->node_ids[node], slot);
 }
 
 void tg_chaos_cluster_agent_log(const tg_chaos_cluster *c, int node, char *out, size_t len) {
-  snprintf(out, len, "%s/logs/n%d-agent.log", c->dir, node);
+  if (c->attached) /* where its stderr goes, if that is a file; "" otherwise */
+    snprintf(out, len, "%s", c->found_agent[node].err[0] ? c->found_agent[node].err : c->found_agent[node].out);
+  else
+    snprintf(out, len, "%s/logs/%s-agent.log", c->dir, c->node_ids[node]);
 }
 
 void tg_chaos_cluster_store_name(const tg_chaos_cluster *c, int node, char *out, size_t len) {
-  snprintf(out, len, "/tg-ckpt-%s-n%d", c->job, node);
+  snprintf(out, len, "/tg-ckpt-%s-%s", c->job, c->node_ids[node]);
 }
 
 int tg_chaos_cluster_tgctl(tg_chaos_cluster *c, const char *const *args, char *out, size_t outlen,
@@ -419,4 +492,194 @@ int tg_chaos_cluster_tgctl(tg_chaos_cluster *c, const char *const *args, char *o
   int status;
   if (tg_proc_run(argv, NULL, timeout_ms, out, outlen, &status) != 0) return -1;
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* ------------------------------------------------------------ attaching */
+
+/* 1 if "host:port" is one of the comma-separated addresses in list; a
+ * coordinator listening on every address (0.0.0.0, [::]) matches any
+ * host with its port. */
+static int listed(const char *list, const char *addr) {
+  const char *colon = strrchr(addr, ':');
+  if (!colon) return 0;
+  size_t host_len = (size_t)(colon - addr);
+  int any = (host_len == 7 && strncmp(addr, "0.0.0.0", 7) == 0) || (host_len == 4 && strncmp(addr, "[::]", 4) == 0);
+  char copy[1024];
+  snprintf(copy, sizeof copy, "%s", list);
+  char *save = NULL;
+  for (char *a = strtok_r(copy, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
+    if (strcmp(a, addr) == 0) return 1;
+    const char *c = strrchr(a, ':');
+    if (any && c && strcmp(c, colon) == 0) return 1;
+  }
+  return 0;
+}
+
+/* 1 if the two address lists share an address. */
+static int overlap(const char *a, const char *b) {
+  char copy[1024];
+  snprintf(copy, sizeof copy, "%s", a);
+  char *save = NULL;
+  for (char *x = strtok_r(copy, ",", &save); x; x = strtok_r(NULL, ",", &save))
+    if (listed(b, x)) return 1;
+  return 0;
+}
+
+static int64_t int_option(const tg_chaos_proc *p, const char *name, int trainer, int64_t dflt) {
+  char v[64];
+  if (!tg_chaos_proc_option(p, name, trainer, v, sizeof v)) return dflt;
+  char *end;
+  errno = 0;
+  long long x = strtoll(v, &end, 10);
+  return errno || end == v || *end ? dflt : (int64_t)x;
+}
+
+/* An agent found in /proc, with its node id for sorting. */
+typedef struct {
+  tg_chaos_proc proc;
+  char node[TG_CHAOS_NAME_MAX];
+} found_agent;
+
+static int found_cmp(const void *a, const void *b) {
+  return strcmp(((const found_agent *)a)->node, ((const found_agent *)b)->node);
+}
+
+tg_chaos_cluster *tg_chaos_cluster_attach(const tg_chaos_attach_config *cfg, tg_chaos_cluster_spec *shape,
+                                          int64_t *steps, char *err, size_t errlen) {
+  tg_chaos_cluster *c = calloc(1, sizeof *c);
+  found_agent *agents = calloc(TG_CHAOS_MAX_NODES + 1, sizeof *agents);
+  pid_t *pids = malloc(65536 * sizeof *pids);
+  int n_agents = 0;
+  if (!c || !agents || !pids) {
+    snprintf(err, errlen, "out of memory");
+    goto err;
+  }
+  c->attached = 1;
+  c->bins = *cfg->bins;
+  c->cfg.bins = &c->bins;
+  c->cfg.job = c->job;
+  c->cfg.dir = c->dir;
+  c->cfg.spec = &c->spec;
+  c->cfg.training = &c->training;
+  snprintf(c->job, sizeof c->job, "%s", cfg->job);
+  snprintf(c->coordinators, sizeof c->coordinators, "%s", cfg->coordinators);
+  size_t n = tg_chaos_proc_list(pids, 65536);
+  for (size_t i = 0; i < n; i++) {
+    if (pids[i] == getpid()) continue;
+    tg_chaos_proc p;
+    if (tg_chaos_proc_read(pids[i], &p) != 0) continue;
+    const char *prog = tg_chaos_proc_program(&p);
+    char job[TG_CKPT_JOB_ID_MAX] = "default", addr[1024] = "";
+    tg_chaos_proc_option(&p, "job", 0, job, sizeof job);
+    int is_coord = strcmp(prog, "tg-coordinator") == 0, is_agent = strcmp(prog, "tg-agent") == 0;
+    if ((!is_coord && !is_agent) || strcmp(job, c->job) != 0) {
+      tg_chaos_proc_clear(&p);
+      continue;
+    }
+    if (is_coord) {
+      if (!tg_chaos_proc_option(&p, "listen", 0, addr, sizeof addr)) snprintf(addr, sizeof addr, "127.0.0.1:7070");
+      if (!listed(c->coordinators, addr)) {
+        tg_chaos_proc_clear(&p);
+        continue;
+      }
+      if (c->cfg.coordinators == TG_CHAOS_MAX_COORDINATORS) {
+        tg_chaos_proc_clear(&p);
+        snprintf(err, errlen, "job %s: more than %d tg-coordinator processes listen at %s", c->job,
+                 TG_CHAOS_MAX_COORDINATORS, c->coordinators);
+        goto err;
+      }
+      int k = c->cfg.coordinators++;
+      if (!tg_chaos_proc_option(&p, "id", 0, c->coord_ids[k], sizeof c->coord_ids[k]))
+        snprintf(c->coord_ids[k], sizeof c->coord_ids[k], "pid-%d", (int)p.pid);
+      shape->min_nodes = (int)int_option(&p, "min-nodes", 0, 1);
+      c->cfg.max_nodes = (int)int_option(&p, "max-nodes", 0, 1);
+      shape->slots = (int)int_option(&p, "slots", 0, 1);
+      shape->heartbeat_timeout_ms = int_option(&p, "heartbeat-timeout-ms", 0, 2000);
+      c->found_coord[k] = p;
+      continue;
+    }
+    if (!tg_chaos_proc_option(&p, "coordinators", 0, addr, sizeof addr))
+      snprintf(addr, sizeof addr, "127.0.0.1:7070");
+    if (!overlap(addr, c->coordinators)) { /* an agent of another job with the same id */
+      tg_chaos_proc_clear(&p);
+      continue;
+    }
+    if (n_agents == TG_CHAOS_MAX_NODES) {
+      tg_chaos_proc_clear(&p);
+      snprintf(err, errlen, "job %s: more than %d agents on this machine; tg-chaos drives at most %d", c->job,
+               TG_CHAOS_MAX_NODES, TG_CHAOS_MAX_NODES);
+      goto err;
+    }
+    found_agent *a = &agents[n_agents++];
+    a->proc = p;
+    if (!tg_chaos_proc_option(&p, "node", 0, a->node, sizeof a->node)) {
+      snprintf(err, errlen, "agent pid %d of job %s has no --node", (int)p.pid, c->job);
+      goto err;
+    }
+  }
+  if (n_agents == 0) {
+    snprintf(err, errlen, "no tg-agent of job %s (coordinators %s) runs on this machine (or none this user may "
+             "read in /proc)", c->job, c->coordinators);
+    goto err;
+  }
+  qsort(agents, (size_t)n_agents, sizeof *agents, found_cmp);
+  int slots = 0;
+  for (int i = 0; i < n_agents; i++) {
+    found_agent *a = &agents[i];
+    if (i > 0 && strcmp(a->node, agents[i - 1].node) == 0) {
+      snprintf(err, errlen, "two agents of job %s claim node %s (pids %d and %d)", c->job, a->node,
+               (int)agents[i - 1].proc.pid, (int)a->proc.pid);
+      goto err;
+    }
+    if (!tg_chaos_proc_option(&a->proc, "log-dir", 0, c->log_dir[i], sizeof c->log_dir[i])) {
+      snprintf(err, errlen, "agent %s (pid %d) runs without --log-dir: tg-chaos reads its trainers' logs to see "
+               "when they train again", a->node, (int)a->proc.pid);
+      goto err;
+    }
+    if (c->log_dir[i][0] != '/') { /* relative to the agent's directory */
+      char rel[512];
+      snprintf(rel, sizeof rel, "%s", c->log_dir[i]);
+      snprintf(c->log_dir[i], sizeof c->log_dir[i], "%.250s/%.250s", a->proc.cwd, rel);
+    }
+    tg_chaos_proc_option(&a->proc, "fake-devices", 0, c->fake_dir[i], sizeof c->fake_dir[i]);
+    tg_chaos_proc_option(&a->proc, "inject-dir", 1, c->inject_dir[i], sizeof c->inject_dir[i]);
+    if (i == 0) {
+      tg_chaos_proc_option(&a->proc, "ckpt-dir", 0, c->ckpt_dir, sizeof c->ckpt_dir);
+      shape->persist_every = int_option(&a->proc, "persist-every", 0, 50);
+      shape->hang_floor_ms = int_option(&a->proc, "hang-floor-ms", 0, 2000);
+      shape->ckpt_mib = int_option(&a->proc, "ckpt-mib", 0, 256);
+      *steps = int_option(&a->proc, "steps", 1, 0);
+    }
+    int s = (int)int_option(&a->proc, "slots", 0, 1);
+    if (s > slots) slots = s;
+    snprintf(c->node_ids[i], sizeof c->node_ids[i], "%s", a->node);
+    c->found_agent[i] = a->proc;
+    memset(&a->proc, 0, sizeof a->proc); /* owned by c now */
+    a->proc.netns_fd = -1;
+    c->cfg.nodes = i + 1;
+  }
+  if (slots > TG_CHAOS_MAX_SLOTS) {
+    snprintf(err, errlen, "job %s: agents with %d slots; tg-chaos drives at most %d per node", c->job, slots,
+             TG_CHAOS_MAX_SLOTS);
+    goto err;
+  }
+  if (!c->cfg.coordinators) shape->min_nodes = 1; /* no coordinator here: the least it could be */
+  if (!c->cfg.coordinators) c->cfg.max_nodes = n_agents;
+  if (!c->cfg.coordinators || shape->slots < slots) shape->slots = slots;
+  if (!c->cfg.coordinators) shape->heartbeat_timeout_ms = 2000;
+  shape->agents = c->cfg.max_nodes < n_agents ? c->cfg.max_nodes : n_agents;
+  shape->spares = n_agents - shape->agents;
+  if (shape->min_nodes > shape->agents) shape->min_nodes = shape->agents;
+  shape->coordinators = c->cfg.coordinators;
+  shape->etcd_members = 0;
+  c->spec = *shape;
+  free(pids);
+  free(agents);
+  return c;
+err:
+  for (int i = 0; agents && i < n_agents; i++) tg_chaos_proc_clear(&agents[i].proc);
+  free(pids);
+  free(agents);
+  if (c) tg_chaos_cluster_free(c);
+  return NULL;
 }

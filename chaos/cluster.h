@@ -58,6 +58,29 @@ typedef struct {
 
 typedef struct tg_chaos_cluster tg_chaos_cluster;
 
+/* A job tg-chaos did not start (`tg-chaos run --attach`). */
+typedef struct {
+  const char *coordinators;  /* host:port,... as given */
+  const char *job;           /* the job id the coordinators answer with */
+  const tg_chaos_bins *bins; /* tgctl */
+} tg_chaos_attach_config;
+
+/* Finds the job's processes on this machine (chaos/procs.h): the
+ * tg-coordinators of `job` listening at one of the addresses, and the
+ * tg-agents of `job` whose --coordinators share one (at least one, each
+ * with --log-dir, node ids unique). Nodes are indexed in node id order.
+ * *shape gets what their options say (agents: the coordinators'
+ * --max-nodes, the rest spares; min_nodes, slots, heartbeat timeout;
+ * persist_every, hang floor, store size from the first agent) and *steps
+ * the trainers' --steps (0: not given). The verbs below then act on those
+ * processes: a killed one is started again from its /proc record,
+ * detached, and tg_chaos_cluster_free leaves every process running. NULL
+ * with a reason. */
+tg_chaos_cluster *tg_chaos_cluster_attach(const tg_chaos_attach_config *cfg, tg_chaos_cluster_spec *shape,
+                                          int64_t *steps, char *err, size_t errlen);
+/* 1 for a cluster made by tg_chaos_cluster_attach. */
+int tg_chaos_cluster_attached(const tg_chaos_cluster *c);
+
 /* Makes the directories; starts nothing. NULL with a reason on failure. */
 tg_chaos_cluster *tg_chaos_cluster_new(const tg_chaos_cluster_config *cfg, char *err, size_t errlen);
 
@@ -70,8 +93,10 @@ void tg_chaos_cluster_free(tg_chaos_cluster *c);
  * listens where agents look. 0 or -1 with a reason. */
 int tg_chaos_cluster_start_coordinator(tg_chaos_cluster *c, int i, char *err, size_t errlen);
 int tg_chaos_cluster_coordinator_running(tg_chaos_cluster *c, int i);
-/* The index of the coordinator with id "c<i>", or -1. */
+/* The index of the coordinator with id "c<i>" (attached: its --id), or -1. */
 int tg_chaos_cluster_coordinator_index(const tg_chaos_cluster *c, const char *id);
+int tg_chaos_cluster_coordinator_count(const tg_chaos_cluster *c);
+void tg_chaos_cluster_coordinator_id(const tg_chaos_cluster *c, int i, char *out, size_t len);
 /* SIGKILLs coordinator i and reaps it. 0 or -1 if it is not running. */
 int tg_chaos_cluster_kill_coordinator(tg_chaos_cluster *c, int i);
 /* "127.0.0.1:A,127.0.0.1:B,..." for agents and tgctl (the uplink's
@@ -81,16 +106,19 @@ const char *tg_chaos_cluster_coordinators(const tg_chaos_cluster *c);
 /* Starts (or restarts, with the same node id and memory) agent `node`. */
 int tg_chaos_cluster_start_agent(tg_chaos_cluster *c, int node, char *err, size_t errlen);
 int tg_chaos_cluster_agent_running(tg_chaos_cluster *c, int node);
-/* The node's fake device directory (its agent's --fake-devices): GPUs
+/* The node's fake device directory (its agent's --fake-devices; attached:
+ * "" when it has none): GPUs
  * gpu0..gpu<slots-1> (agent/health/gpu_fake.h) and a NIC eth0 under sys/
  * (nic_fake.h), all healthy until a fault is written there. */
 void tg_chaos_cluster_fake_devices(const tg_chaos_cluster *c, int node, char *out, size_t len);
 /* Where tg-train (started with --inject-dir RUN_DIR/inject) looks for a
- * fault request for the trainer of (node, slot): trainer/train/inject.h. */
+ * fault request for the trainer of (node, slot): trainer/train/inject.h.
+ * Attached: "" when the node's trainers run without --inject-dir. */
 void tg_chaos_cluster_inject_path(const tg_chaos_cluster *c, int node, int slot, char *out, size_t len);
 
 /* The agents' --ckpt-dir (shared by every node, like a cluster's shared
- * filesystem): DIR/ckpt; a tmpfs of ckpt_fs_mib when that is set. */
+ * filesystem): DIR/ckpt; a tmpfs of ckpt_fs_mib when that is set.
+ * Attached: the first agent's, "" when it persists nothing. */
 void tg_chaos_cluster_ckpt_dir(const tg_chaos_cluster *c, char *out, size_t len);
 /* Namespace mode: takes the link of the node's host down (nobody reaches
  * it, it reaches nobody), or up again. -1 with a reason (also in local
@@ -107,8 +135,10 @@ int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node);
 /* The pid of the trainer in (node, slot), or 0 when there is none. */
 pid_t tg_chaos_cluster_trainer_pid(tg_chaos_cluster *c, int node, int slot);
 
-/* "n<node>". */
+/* "n<node>" (attached: the agent's --node). */
 const char *tg_chaos_cluster_node_id(const tg_chaos_cluster *c, int node);
+/* The index of node `id`, or -1. */
+int tg_chaos_cluster_node_index(const tg_chaos_cluster *c, const char *id);
 int tg_chaos_cluster_nodes(const tg_chaos_cluster *c);
 int tg_chaos_cluster_slots(const tg_chaos_cluster *c);
 const char *tg_chaos_cluster_job(const tg_chaos_cluster *c);

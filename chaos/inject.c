@@ -49,7 +49,7 @@ static void stamp(tg_chaos_fault *f) {
 static size_t ranked_nodes(tg_chaos_ctx *ctx, const tg_chaos_status *st, int *out) {
   size_t n = 0;
   for (size_t i = 0; i < st->n_nodes; i++) {
-    int idx = tg_chaos_node_index(ctx->s, st->nodes[i]);
+    int idx = tg_chaos_cluster_node_index(ctx->cluster, st->nodes[i]);
     if (idx >= 0 && !ctx->lost[idx] && !ctx->cut[idx] && tg_chaos_cluster_agent_running(ctx->cluster, idx))
       out[n++] = idx;
   }
@@ -79,7 +79,8 @@ static int resolve_node(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_sta
     if (n == 0) return skip(f, "no node holds ranks now");
     idx = nodes[tg_chaos_draw(ctx, (uint32_t)n)];
   } else {
-    idx = tg_chaos_node_index(ctx->s, f->spec.node);
+    idx = tg_chaos_cluster_node_index(ctx->cluster, f->spec.node);
+    if (idx < 0) return skip(f, "the job has no node %s (on this machine)", f->spec.node);
     if (!tg_chaos_cluster_agent_running(ctx->cluster, idx)) return skip(f, "%s is not running", f->spec.node);
     if (!in_world(ctx, st, idx)) return skip(f, "%s holds no ranks now", f->spec.node);
   }
@@ -130,6 +131,8 @@ static int request_fault(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_st
     snprintf(request, sizeof request, "%s", f->spec.kind == TG_CHAOS_NAN_LOSS ? "nan" : "sdc");
   }
   tg_chaos_cluster_inject_path(ctx->cluster, idx, f->slot, path, sizeof path);
+  if (!path[0])
+    return skip(f, "%s's trainers run without --inject-dir (tg-train's fault requests are off)", f->node);
   snprintf(tmp, sizeof tmp, "%s.tmp", path);
   FILE *out = fopen(tmp, "w");
   if (!out) return skip(f, "cannot write %s", tmp);
@@ -204,7 +207,7 @@ static int host_return(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_stat
     if (n == 0) return skip(f, "no node is lost");
     idx = lost[tg_chaos_draw(ctx, n)];
   } else {
-    idx = tg_chaos_node_index(ctx->s, f->spec.node);
+    idx = tg_chaos_cluster_node_index(ctx->cluster, f->spec.node);
     if (idx < 0 || !ctx->lost[idx]) return skip(f, "%s is not lost", f->spec.node);
   }
   snprintf(f->node, sizeof f->node, "%s", tg_chaos_cluster_node_id(ctx->cluster, idx));
@@ -250,7 +253,7 @@ static int coordinator_crash(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chao
  * only other copy of position 1's shards. */
 static int lose_all_copies(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
   if (st->n_nodes < 3) return skip(f, "the world has %zu nodes; positions 1 and 2 need 3", st->n_nodes);
-  int a = tg_chaos_node_index(ctx->s, st->nodes[1]), b = tg_chaos_node_index(ctx->s, st->nodes[2]);
+  int a = tg_chaos_cluster_node_index(ctx->cluster, st->nodes[1]), b = tg_chaos_cluster_node_index(ctx->cluster, st->nodes[2]);
   if (!tg_chaos_cluster_agent_running(ctx->cluster, a) || !tg_chaos_cluster_agent_running(ctx->cluster, b))
     return skip(f, "%s or %s is not running", st->nodes[1], st->nodes[2]);
   snprintf(f->node, sizeof f->node, "%s", st->nodes[1]);
@@ -306,6 +309,9 @@ static int device_fault(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_sta
   if (idx < 0) return -1;
   char dir[800], sys[820];
   tg_chaos_cluster_fake_devices(ctx->cluster, idx, dir, sizeof dir);
+  if (!dir[0])
+    return skip(f, "%s's agent checks real devices (no --fake-devices): GPU and NIC faults go through the fake "
+                "backend only", f->node);
   snprintf(sys, sizeof sys, "%s/sys", dir);
   uint32_t gpu = tg_chaos_draw(ctx, (uint32_t)ctx->s->cluster.slots);
   int rc;
@@ -357,7 +363,7 @@ static int network_partition(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chao
 }
 
 int tg_chaos_device_heal(tg_chaos_ctx *ctx, const tg_chaos_fault *f) {
-  int idx = tg_chaos_node_index(ctx->s, f->node);
+  int idx = tg_chaos_cluster_node_index(ctx->cluster, f->node);
   if (idx < 0 || f->gpu < 0) return 0; /* no fake GPU was written */
   char dir[800];
   tg_chaos_cluster_fake_devices(ctx->cluster, idx, dir, sizeof dir);

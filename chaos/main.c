@@ -20,7 +20,8 @@
 
 static const char usage[] =
     "usage: tg-chaos run SCENARIO.json [--out REPORT.json] [--keep-logs DIR] [options]\n"
-    "       tg-chaos check SCENARIO.json\n"
+    "       tg-chaos run SCENARIO.json --attach HOST:PORT[,HOST:PORT...] [--out REPORT.json]\n"
+    "       tg-chaos check SCENARIO.json [--attach ...]\n"
     "\n"
     "Starts a Tardigrade job on this machine (one etcd, tg-coordinators, tg-agents\n"
     "running tg-train; local processes, or with \"network\": \"namespaces\" every node\n"
@@ -29,6 +30,12 @@ static const char usage[] =
     "committed step lost, never two worlds with one generation, final parameters\n"
     "bitwise equal to a fault-free run's. Prints a summary table; --out also writes\n"
     "the JSON report (schema in chaos/README.md). `check` only validates the file.\n"
+    "\n"
+    "With --attach, nothing is started: the faults go into the running job whose\n"
+    "coordinators listen at those addresses (its agents, with --log-dir, on this\n"
+    "machine), the scenario's cluster and training blocks are not read, a killed\n"
+    "process is started again as it was, the job is left running at the end, and\n"
+    "the final-parameters invariant is not checked.\n"
     "\n"
     "Exit status: 0 every invariant holds, 1 an invariant is violated, 2 bad usage,\n"
     "a bad scenario or a run that could not be set up, 130 stopped by a signal.";
@@ -121,9 +128,13 @@ static int write_report(const char *path, const char *text) {
 }
 
 static void describe(const tg_chaos_scenario *s) {
-  printf("scenario %s: valid; %d agents x %d slots, %d spare(s), %d coordinator(s); %lld steps; %zu fault(s)%s\n",
-         s->name, s->cluster.agents, s->cluster.slots, s->cluster.spares, s->cluster.coordinators,
-         (long long)s->training.steps, s->n_faults, s->has_soak ? " then a soak" : "");
+  if (s->attach)
+    printf("scenario %s: valid for a running job; %zu fault(s)%s\n", s->name, s->n_faults,
+           s->has_soak ? " then a soak" : "");
+  else
+    printf("scenario %s: valid; %d agents x %d slots, %d spare(s), %d coordinator(s); %lld steps; %zu fault(s)%s\n",
+           s->name, s->cluster.agents, s->cluster.slots, s->cluster.spares, s->cluster.coordinators,
+           (long long)s->training.steps, s->n_faults, s->has_soak ? " then a soak" : "");
   for (size_t i = 0; i < s->n_faults; i++) {
     const tg_chaos_fault_spec *f = &s->faults[i];
     char target[96];
@@ -146,7 +157,7 @@ static void describe(const tg_chaos_scenario *s) {
 
 int main(int argc, char **argv) {
   char out[PATH_MAX] = "", keep[PATH_MAX] = "", reference[PATH_MAX] = "", bin_dir[PATH_MAX] = "";
-  char log_level[16] = "info";
+  char log_level[16] = "info", attach[1024] = "";
   const tg_option opts[] = {
       {"out", TG_OPT_STRING, out, sizeof out, 0, 0, "write the JSON report here"},
       {"keep-logs", TG_OPT_STRING, keep, sizeof keep, 0, 0,
@@ -158,6 +169,9 @@ int main(int argc, char **argv) {
        "where coordinator/tg-coordinator, agent/tg-agent, trainer/tg-train, coordinator/tgctl are (bazel-bin); "
        "default: beside tg-chaos"},
       {"log-level", TG_OPT_STRING, log_level, sizeof log_level, 0, 0, "progress on stderr: debug, info, warn or error"},
+      {"attach", TG_OPT_STRING, attach, sizeof attach, 0, 0,
+       "inject into the running job led by the coordinators at these host:port addresses (comma-separated) "
+       "instead of starting one"},
   };
   char err[1024];
   int n_args = 0;
@@ -178,7 +192,11 @@ int main(int argc, char **argv) {
   tg_log_init("tg-chaos", (tg_log_level)level);
   char scenario_path[PATH_MAX];
   user_path(argv[2], scenario_path, sizeof scenario_path);
-  tg_chaos_scenario *s = tg_chaos_scenario_load(scenario_path, err, sizeof err);
+  if (attach[0] && reference[0]) {
+    fprintf(stderr, "tg-chaos: --reference has no use with --attach (the final parameters are not checked)\n");
+    return 2;
+  }
+  tg_chaos_scenario *s = tg_chaos_scenario_load(scenario_path, attach[0] != '\0', err, sizeof err);
   if (!s) {
     fprintf(stderr, "tg-chaos: %s\n", err);
     return 2;
@@ -202,7 +220,7 @@ int main(int argc, char **argv) {
   install_signals();
   tg_chaos_run_options o = {.scenario = s, .scenario_path = scenario_path, .bins = &bins,
                             .reference = reference[0] ? paths[2] : NULL, .keep_logs = keep[0] ? paths[1] : NULL,
-                            .stop = &stop_requested};
+                            .stop = &stop_requested, .attach = attach[0] ? attach : NULL};
   tg_chaos_result res;
   int rc = tg_chaos_run(&o, &res);
   char *json = tg_chaos_report_json(&res);

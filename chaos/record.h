@@ -86,6 +86,7 @@ typedef struct {
 typedef struct {
   const char *name;
   int pass;
+  int not_checked; /* 1: could not be judged in this run (detail says why); counts neither way */
   char detail[1024];
 } tg_chaos_invariant;
 
@@ -114,6 +115,14 @@ typedef struct {
   char params[1024];
   char logs_kept[1024];
   int exit_code;
+  /* Attached (--attach): the addresses given, what was found, and the
+   * scenario with the job's shape filled in (scenario points at it). */
+  char attach[1024];
+  tg_chaos_scenario attached_scenario;
+  char attached_nodes[TG_CHAOS_MAX_NODES][TG_CHAOS_NAME_MAX];
+  int n_attached_nodes;
+  char attached_coordinators[TG_CHAOS_MAX_COORDINATORS][TG_CHAOS_NAME_MAX];
+  int n_attached_coordinators;
 } tg_chaos_result;
 
 /* The live job faults are made in and measured from. */

@@ -108,7 +108,7 @@ typedef struct {
   size_t injected, skipped, detected, recovered, not_recovered, culprits_ok;
   int64_t steps_lost, committed_lost;
   int64_t detect_sum, detect_max, recover_sum, recover_max;
-  int passed, failed;
+  int passed, failed, not_checked;
 } totals;
 
 static totals count(const tg_chaos_result *res) {
@@ -136,6 +136,10 @@ static totals count(const tg_chaos_result *res) {
     }
   }
   for (int i = 0; res->invariants_checked && i < TG_CHAOS_INVARIANTS; i++) {
+    if (res->invariants[i].not_checked) {
+      t.not_checked++;
+      continue;
+    }
     t.passed += res->invariants[i].pass;
     t.failed += !res->invariants[i].pass;
   }
@@ -164,6 +168,7 @@ static cJSON *totals_json(const tg_chaos_result *res) {
   cJSON_AddNumberToObject(o, "final_step", (double)res->final_step);
   cJSON_AddNumberToObject(o, "invariants_passed", t.passed);
   cJSON_AddNumberToObject(o, "invariants_failed", t.failed);
+  cJSON_AddNumberToObject(o, "invariants_not_checked", t.not_checked);
   return o;
 }
 
@@ -183,6 +188,18 @@ char *tg_chaos_report_json(const tg_chaos_result *res) {
                   (double)res->training_started_unix_ms);
   cJSON_AddNumberToObject(o, "finished_unix_ms", (double)res->finished_unix_ms);
   cJSON_AddNumberToObject(o, "wall_ms", (double)(res->finished_unix_ms - res->started_unix_ms));
+  if (res->attach[0]) {
+    cJSON *a = cJSON_AddObjectToObject(o, "attach");
+    cJSON_AddStringToObject(a, "coordinators", res->attach);
+    cJSON *nodes = cJSON_AddArrayToObject(a, "nodes");
+    for (int i = 0; i < res->n_attached_nodes; i++)
+      cJSON_AddItemToArray(nodes, cJSON_CreateString(res->attached_nodes[i]));
+    cJSON *ids = cJSON_AddArrayToObject(a, "coordinator_ids");
+    for (int i = 0; i < res->n_attached_coordinators; i++)
+      cJSON_AddItemToArray(ids, cJSON_CreateString(res->attached_coordinators[i]));
+  } else {
+    cJSON_AddNullToObject(o, "attach");
+  }
   cJSON *c = cJSON_AddObjectToObject(o, "cluster");
   cJSON_AddNumberToObject(c, "agents", s->cluster.agents);
   cJSON_AddNumberToObject(c, "slots", s->cluster.slots);
@@ -193,8 +210,12 @@ char *tg_chaos_report_json(const tg_chaos_result *res) {
   cJSON_AddNumberToObject(c, "persist_every", (double)s->cluster.persist_every);
   cJSON_AddNumberToObject(c, "hang_floor_ms", (double)s->cluster.hang_floor_ms);
   cJSON_AddNumberToObject(c, "ckpt_mib", (double)s->cluster.ckpt_mib);
-  cJSON_AddNumberToObject(c, "etcd_members", s->cluster.etcd_members);
-  cJSON *t = cJSON_AddObjectToObject(o, "training");
+  add_num_or_null(c, "etcd_members", !res->attach[0], s->cluster.etcd_members);
+  cJSON *t = res->attach[0] ? NULL : cJSON_AddObjectToObject(o, "training");
+  if (!t) {
+    cJSON *a = cJSON_AddObjectToObject(o, "training");
+    add_num_or_null(a, "steps", s->training.steps < TG_CHAOS_ATTACH_MAX_STEP, (double)s->training.steps);
+  } else {
   cJSON_AddNumberToObject(t, "steps", (double)s->training.steps);
   cJSON_AddNumberToObject(t, "width", (double)s->training.width);
   cJSON_AddNumberToObject(t, "depth", (double)s->training.depth);
@@ -205,6 +226,7 @@ char *tg_chaos_report_json(const tg_chaos_result *res) {
   add_str_or_null(t, "corpus", s->training.corpus);
   cJSON_AddStringToObject(t, "device", s->training.device);
   cJSON_AddStringToObject(t, "backend", s->training.backend);
+  }
   cJSON *ref = cJSON_AddObjectToObject(o, "reference");
   cJSON_AddBoolToObject(ref, "ran", res->reference_ran);
   add_num_or_null(ref, "duration_ms", res->reference_ran, (double)res->reference_ms);
@@ -233,7 +255,11 @@ char *tg_chaos_report_json(const tg_chaos_result *res) {
   for (int i = 0; res->invariants_checked && i < TG_CHAOS_INVARIANTS; i++) {
     cJSON *inv = cJSON_CreateObject();
     cJSON_AddStringToObject(inv, "name", res->invariants[i].name);
-    cJSON_AddBoolToObject(inv, "pass", res->invariants[i].pass);
+    if (res->invariants[i].not_checked)
+      cJSON_AddNullToObject(inv, "pass");
+    else
+      cJSON_AddBoolToObject(inv, "pass", res->invariants[i].pass);
+    cJSON_AddBoolToObject(inv, "checked", !res->invariants[i].not_checked);
     cJSON_AddStringToObject(inv, "detail", res->invariants[i].detail);
     cJSON_AddItemToArray(invs, inv);
   }
@@ -283,10 +309,15 @@ static void detected_text(const tg_chaos_fault *f, char *buf, size_t len) {
 void tg_chaos_report_table(const tg_chaos_result *res, FILE *out) {
   const tg_chaos_scenario *s = res->scenario;
   fprintf(out, "tg-chaos: scenario %s (seed %llu), job %s\n", s->name, (unsigned long long)s->seed, res->job);
-  fprintf(out, "cluster:  %d agents x %d slots, %d spare(s), %d coordinator(s), min %d nodes; %lld steps "
-          "(width %lld, depth %lld)\n", s->cluster.agents, s->cluster.slots, s->cluster.spares, s->cluster.coordinators,
-          s->cluster.min_nodes, (long long)s->training.steps, (long long)s->training.width,
-          (long long)s->training.depth);
+  if (res->attach[0])
+    fprintf(out, "attached: %s; %d agents here (%d spare(s) by --max-nodes) x %d slots, %d coordinator(s) here, "
+            "min %d nodes\n", res->attach, res->n_attached_nodes, s->cluster.spares, s->cluster.slots,
+            res->n_attached_coordinators, s->cluster.min_nodes);
+  else
+    fprintf(out, "cluster:  %d agents x %d slots, %d spare(s), %d coordinator(s), min %d nodes; %lld steps "
+            "(width %lld, depth %lld)\n", s->cluster.agents, s->cluster.slots, s->cluster.spares,
+            s->cluster.coordinators, s->cluster.min_nodes, (long long)s->training.steps, (long long)s->training.width,
+            (long long)s->training.depth);
   if (res->error[0]) fprintf(out, "error:    %s\n", res->error);
   fprintf(out, "\n %3s  %-22s %-11s %5s  %-30s %7s %8s %5s %7s %7s  %s\n", "#", "kind", "target", "step", "detected as",
           "det ms", "recov ms", "lost", "world", "gen", "outcome");
@@ -324,7 +355,9 @@ void tg_chaos_report_table(const tg_chaos_result *res, FILE *out) {
   if (res->invariants_checked) {
     fprintf(out, "\ninvariants:\n");
     for (int i = 0; i < TG_CHAOS_INVARIANTS; i++)
-      fprintf(out, "  %s  %-33s %s\n", res->invariants[i].pass ? "PASS" : "FAIL", res->invariants[i].name,
+      fprintf(out, "  %s  %-33s %s\n",
+              res->invariants[i].not_checked ? "SKIP" : res->invariants[i].pass ? "PASS" : "FAIL",
+              res->invariants[i].name,
               res->invariants[i].detail);
   }
   totals t = count(res);
@@ -335,12 +368,17 @@ void tg_chaos_report_table(const tg_chaos_result *res, FILE *out) {
                           (long long)t.detect_max);
   if (t.recovered) fprintf(out, "; recovery mean %lld ms (max %lld)", (long long)(t.recover_sum / (int64_t)t.recovered),
                            (long long)t.recover_max);
-  fprintf(out, "\n          %zu generations, final world %u ranks, final step %lld of %lld\n", res->generations,
-          res->final_world, (long long)res->final_step, (long long)s->training.steps);
+  if (s->training.steps < TG_CHAOS_ATTACH_MAX_STEP)
+    fprintf(out, "\n          %zu generations, final world %u ranks, final step %lld of %lld\n", res->generations,
+            res->final_world, (long long)res->final_step, (long long)s->training.steps);
+  else
+    fprintf(out, "\n          %zu generations, final world %u ranks, final step %lld\n", res->generations,
+            res->final_world, (long long)res->final_step);
   if (res->soak_started_unix_ms)
     fprintf(out, "soak:     %.1f of %.1f min\n", (double)(res->soak_ended_unix_ms - res->soak_started_unix_ms) / 60000.0,
             (double)s->soak_ms / 60000.0);
-  const char *verdict = res->exit_code == 0   ? "every invariant holds"
+  const char *verdict = res->exit_code == 0 && t.not_checked ? "every invariant checked holds"
+                        : res->exit_code == 0   ? "every invariant holds"
                         : res->exit_code == 1 ? "an invariant is violated"
                         : res->exit_code == 130 ? "stopped by a signal"
                                                 : "the run could not be set up";

@@ -24,6 +24,7 @@
 #define POLL_MS 20
 #define STATUS_PERIOD_MS 100
 #define LEADER_TIMEOUT_MS 30000
+#define ATTACH_TIMEOUT_MS 10000 /* for a running job's leader to answer */
 #define FIRST_STEP_TIMEOUT_MS 180000
 #define SPARES_TIMEOUT_MS 30000
 #define MAX_RUN_FAULTS 10000
@@ -267,6 +268,75 @@ static int start_job(run_state *r, tg_chaos_ctx *ctx) {
   return stopping(r) ? -1 : 0;
 }
 
+typedef struct {
+  tg_chaos_poller *poller;
+} answered_arg;
+
+static int answered(void *arg) {
+  tg_chaos_status st;
+  tg_chaos_poller_get(((answered_arg *)arg)->poller, &st);
+  return st.ok && st.job[0];
+}
+
+/* A running job: its coordinators answer, its processes are found on
+ * this machine, and the scenario gets the job's shape (what the faults'
+ * targets and feasibility are judged against). */
+static int attach_job(run_state *r, tg_chaos_ctx *ctx) {
+  tg_chaos_result *res = r->res;
+  char err[512];
+  ctx->poller = tg_chaos_poller_start(r->o->attach, STATUS_PERIOD_MS, err, sizeof err);
+  if (!ctx->poller) return setup_error(r, "status poller: %s", err);
+  answered_arg aa = {ctx->poller};
+  if (wait_until(r, NULL, answered, &aa, ATTACH_TIMEOUT_MS) != 0)
+    return stopping(r) ? -1
+                       : setup_error(r, "--attach %s: no coordinator answered Status within %d s (are the "
+                                     "addresses those of the coordinators' --listen?)", r->o->attach,
+                                     ATTACH_TIMEOUT_MS / 1000);
+  tg_chaos_status st;
+  tg_chaos_poller_get(ctx->poller, &st);
+  snprintf(res->job, sizeof res->job, "%s", st.job);
+  tg_chaos_scenario *shaped = &res->attached_scenario;
+  *shaped = *r->o->scenario;
+  int64_t steps = 0;
+  tg_chaos_attach_config ac = {.coordinators = r->o->attach, .job = st.job, .bins = r->o->bins};
+  ctx->cluster = tg_chaos_cluster_attach(&ac, &shaped->cluster, &steps, err, sizeof err);
+  if (!ctx->cluster) return setup_error(r, "--attach %s: %s", r->o->attach, err);
+  /* Recovery is read from every rank's log: the world must be here. */
+  tg_chaos_poller_get(ctx->poller, &st);
+  for (size_t i = 0; i < st.n_nodes; i++)
+    if (tg_chaos_cluster_node_index(ctx->cluster, st.nodes[i]) < 0)
+      return setup_error(r, "--attach %s: node %s of the job's world (generation %llu) has no agent on this machine; "
+                         "tg-chaos reads every rank's log, so every node of the world must run here", r->o->attach,
+                         st.nodes[i], (unsigned long long)st.generation);
+  shaped->training.steps = steps > 0 ? steps : TG_CHAOS_ATTACH_MAX_STEP;
+  ctx->s = shaped;
+  res->scenario = shaped;
+  res->n_attached_nodes = tg_chaos_cluster_nodes(ctx->cluster);
+  for (int i = 0; i < res->n_attached_nodes; i++)
+    snprintf(res->attached_nodes[i], sizeof res->attached_nodes[i], "%s", tg_chaos_cluster_node_id(ctx->cluster, i));
+  res->n_attached_coordinators = tg_chaos_cluster_coordinator_count(ctx->cluster);
+  char coords[256] = "";
+  for (int i = 0; i < res->n_attached_coordinators; i++) {
+    tg_chaos_cluster_coordinator_id(ctx->cluster, i, res->attached_coordinators[i],
+                                    sizeof res->attached_coordinators[i]);
+    snprintf(coords + strlen(coords), sizeof coords - strlen(coords), " %s", res->attached_coordinators[i]);
+  }
+  ctx->watch = tg_chaos_watch_new(ctx->cluster);
+  if (!ctx->watch) return setup_error(r, "out of memory");
+  if (wait_until(r, ctx->watch, first_step, ctx->watch, FIRST_STEP_TIMEOUT_MS) != 0)
+    return stopping(r) ? -1
+                       : setup_error(r, "job %s: no training step in its trainers' logs within %d s", res->job,
+                                     FIRST_STEP_TIMEOUT_MS / 1000);
+  /* at_ms counts from here. */
+  res->training_started_unix_ms = tg_clock_unix_ms();
+  TG_INFO("attached to job %s (leader %s): %d agents here, %d of them spares by --max-nodes, %d slots; "
+          "coordinators here:%s; generation %llu, step %lld%s", res->job, st.leader, res->n_attached_nodes,
+          shaped->cluster.spares, shaped->cluster.slots, coords[0] ? coords : " none",
+          (unsigned long long)tg_chaos_watch_newest_generation(ctx->watch),
+          (long long)tg_chaos_watch_max_step(ctx->watch), steps > 0 ? "" : "; the trainers' --steps is unknown");
+  return stopping(r) ? -1 : 0;
+}
+
 /* ------------------------------------------------------------ the timeline */
 
 static void before_injection(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
@@ -346,7 +416,7 @@ static tg_chaos_fault *soak_fault(tg_chaos_ctx *ctx, tg_chaos_result *res, int64
 }
 
 static void timeline(run_state *r, tg_chaos_ctx *ctx) {
-  const tg_chaos_scenario *s = r->o->scenario;
+  const tg_chaos_scenario *s = ctx->s;
   tg_chaos_result *res = r->res;
   size_t next = 0;
   tg_chaos_fault *inflight = NULL;
@@ -379,6 +449,10 @@ static void timeline(run_state *r, tg_chaos_ctx *ctx) {
       ended = "training ended first";
       break;
     }
+    /* Attached, the run is the faults: the job goes on without us. */
+    if (r->o->attach && !inflight && next >= s->n_faults &&
+        (!s->has_soak || (soak_until && tg_clock_mono_ms() >= soak_until)))
+      break;
     if (!inflight && next < s->n_faults) {
       if (triggered(&s->faults[next], ctx, res->training_started_unix_ms)) {
         tg_chaos_fault *f = add_fault(res, &s->faults[next++], 0);
@@ -450,12 +524,60 @@ static void keep_logs(run_state *r) {
   snprintf(r->res->logs_kept, sizeof r->res->logs_kept, "%s", to);
 }
 
+/* Where the job ended up, as its logs tell: the totals' last line. */
+static void final_state(tg_chaos_ctx *ctx, tg_chaos_result *res) {
+  if (!ctx->watch) return;
+  tg_chaos_watch_poll(ctx->watch);
+  res->final_step = tg_chaos_watch_max_step(ctx->watch);
+  res->done_steps = tg_chaos_watch_done_steps(ctx->watch);
+  res->final_generation = tg_chaos_watch_newest_generation(ctx->watch);
+  const tg_chaos_generation *g = tg_chaos_watch_generation(ctx->watch, res->final_generation);
+  res->final_world = g && g->world_size != UINT32_MAX ? g->world_size : 0;
+  const tg_chaos_generation *gens;
+  res->generations = tg_chaos_watch_generations(ctx->watch, &gens);
+}
+
+/* Attached: the timeline against the running job, then the judgement. */
+static int run_attached(run_state *r) {
+  tg_chaos_result *res = r->res;
+  tg_chaos_ctx ctx = {.s = r->o->scenario, .rng = r->o->scenario->seed};
+  snprintf(res->attach, sizeof res->attach, "%s", r->o->attach);
+  int ran = 0;
+  if (attach_job(r, &ctx) == 0) {
+    ran = 1;
+    timeline(r, &ctx);
+    tg_chaos_match_fault_log(&ctx, res->faults, res->n_faults);
+  }
+  if (stopping(r)) res->interrupted = 1;
+  final_state(&ctx, res);
+  tg_chaos_poller_stop(ctx.poller);
+  if (ran && !res->interrupted) tg_chaos_check_invariants(&ctx, res, NULL, NULL);
+  tg_chaos_cluster_free(ctx.cluster); /* leaves the job running */
+  tg_chaos_watch_free(ctx.watch);
+  if (r->o->keep_logs) TG_INFO("--keep-logs: attached, the job's logs stay where the job keeps them");
+  return 0;
+}
+
+static int exit_code(const tg_chaos_result *res) {
+  if (res->interrupted) return 130;
+  if (res->error[0] || !res->invariants_checked) return 2;
+  for (int i = 0; i < TG_CHAOS_INVARIANTS; i++)
+    if (!res->invariants[i].pass && !res->invariants[i].not_checked) return 1;
+  return 0;
+}
+
 int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
   const tg_chaos_scenario *s = o->scenario;
   memset(res, 0, sizeof *res);
   res->scenario = s;
   snprintf(res->scenario_path, sizeof res->scenario_path, "%s", o->scenario_path);
   res->started_unix_ms = tg_clock_unix_ms();
+  if (o->attach) {
+    run_state ra = {.o = o, .res = res, .host = "127.0.0.1"};
+    run_attached(&ra);
+    res->finished_unix_ms = tg_clock_unix_ms();
+    return res->exit_code = exit_code(res);
+  }
   snprintf(res->job, sizeof res->job, "chaos-%d-%lld", (int)getpid(), (long long)(res->started_unix_ms % 1000000000));
   run_state r = {.o = o, .res = res, .host = "127.0.0.1"};
   tg_chaos_ctx ctx = {.s = s, .rng = s->seed};
@@ -505,16 +627,7 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
 
 out:
   if (stopping(&r)) res->interrupted = 1;
-  if (ctx.watch) {
-    tg_chaos_watch_poll(ctx.watch);
-    res->final_step = tg_chaos_watch_max_step(ctx.watch);
-    res->done_steps = tg_chaos_watch_done_steps(ctx.watch);
-    res->final_generation = tg_chaos_watch_newest_generation(ctx.watch);
-    const tg_chaos_generation *g = tg_chaos_watch_generation(ctx.watch, res->final_generation);
-    res->final_world = g && g->world_size != UINT32_MAX ? g->world_size : 0;
-    const tg_chaos_generation *gens;
-    res->generations = tg_chaos_watch_generations(ctx.watch, &gens);
-  }
+  final_state(&ctx, res);
   tg_chaos_poller_stop(ctx.poller);
   tg_chaos_cluster_free(ctx.cluster);
   tg_netns_free(r.net); /* after the processes that ran there */
@@ -531,16 +644,7 @@ out:
     res->params[0] = '\0';
   }
   res->finished_unix_ms = tg_clock_unix_ms();
-  if (res->interrupted)
-    res->exit_code = 130;
-  else if (res->error[0] || !res->invariants_checked)
-    res->exit_code = 2;
-  else {
-    res->exit_code = 0;
-    for (int i = 0; i < TG_CHAOS_INVARIANTS; i++)
-      if (!res->invariants[i].pass) res->exit_code = 1;
-  }
-  return res->exit_code;
+  return res->exit_code = exit_code(res);
 }
 
 void tg_chaos_result_free(tg_chaos_result *res) {

@@ -1,7 +1,8 @@
 /* One tg-chaos run, start to end: a fresh directory (and in namespace
  * mode a host per node), a fresh etcd, the fault-free reference training,
  * the cluster, the timeline of faults (then the soak), and the
- * judgement. Everything it starts is stopped and everything it made is
+ * judgement. Attached to a running job: the job's processes found, the
+ * timeline, the judgement, and the job left running. Everything it starts is stopped and everything it made is
  * removed on every path out, including a stop request (SIGINT/SIGTERM set
  * *stop; every wait checks it). */
 #ifndef TG_CHAOS_RUN_H
@@ -19,6 +20,10 @@ typedef struct {
   const tg_chaos_bins *bins;
   const char *reference; /* parameters of a fault-free run to reuse, or to write when missing; NULL: run one */
   const char *keep_logs; /* copy every log here at the end; NULL: remove them */
+  /* "host:port,...": attach to the running job these coordinators lead
+   * instead of starting one (no etcd, no reference run, nothing stopped at
+   * the end; the final-parameters invariant is not checked). NULL: start one. */
+  const char *attach;
   volatile sig_atomic_t *stop;
 } tg_chaos_run_options;
 

@@ -254,6 +254,18 @@ static int parse_training(const cJSON *t, tg_chaos_training_spec *tr, char *err,
 /* Checks that a kind can run in this cluster at all. */
 static int kind_fits(const tg_chaos_scenario *s, tg_chaos_kind kind, const char *path, char *err, size_t errlen) {
   const tg_chaos_cluster_spec *c = &s->cluster;
+  if (s->attach) {
+    /* The rest depends on the job's shape, known once attached: faults
+     * it cannot take then are skipped with the reason. */
+    const char *why = kind == TG_CHAOS_NETWORK_PARTITION ? "it needs the namespace hosts tg-chaos makes"
+                      : kind == TG_CHAOS_SLOW_LINK       ? "it needs agents started behind tg-chaos's proxy"
+                      : kind == TG_CHAOS_DISK_FULL       ? "it needs the small checkpoint filesystem tg-chaos mounts"
+                      : kind == TG_CHAOS_ETCD_MEMBER_CRASH ? "it needs the etcd members tg-chaos starts"
+                                                           : NULL;
+    if (why) return fail(err, errlen, "%s: %s cannot be injected into a running job (--attach): %s", path,
+                         tg_chaos_kind_name(kind), why);
+    return 0;
+  }
   if (kind == TG_CHAOS_ETCD_MEMBER_CRASH && c->etcd_members < 3)
     return fail(err, errlen, "%s: etcd_member_crash needs cluster.etcd_members >= 3 (a quorum without it)", path);
   if (kind == TG_CHAOS_DISK_FULL && s->training.steps <= 3 * c->persist_every)
@@ -311,11 +323,14 @@ static int parse_target(const cJSON *f, const tg_chaos_scenario *s, tg_chaos_fau
   if (check_fields(t, tpath, type == TG_CHAOS_TARGET_TRAINER ? trainer_fields : node_fields, err, errlen) != 0 ||
       get_string(t, tpath, "node", 1, spec->node, sizeof spec->node, err, errlen) != 0)
     return -1;
-  if (tg_chaos_node_index(s, spec->node) < 0)
+  if (s->attach && !valid_name(spec->node))
+    return fail(err, errlen, "%s.node: must be a node id (1..%d bytes of [A-Za-z0-9._-]), got \"%s\"", tpath,
+                TG_CHAOS_NAME_MAX - 1, spec->node);
+  if (!s->attach && tg_chaos_node_index(s, spec->node) < 0)
     return fail(err, errlen, "%s.node: no node \"%s\" (nodes are n0..n%d: agents first, then spares)", tpath,
                 spec->node, s->cluster.agents + s->cluster.spares - 1);
-  if (type == TG_CHAOS_TARGET_TRAINER &&
-      get_int32(t, tpath, "slot", 0, s->cluster.slots - 1, 1, 0, &spec->slot, err, errlen) != 0)
+  int max_slot = s->attach ? TG_CHAOS_MAX_SLOTS - 1 : s->cluster.slots - 1;
+  if (type == TG_CHAOS_TARGET_TRAINER && get_int32(t, tpath, "slot", 0, max_slot, 1, 0, &spec->slot, err, errlen) != 0)
     return -1;
   return 0;
 }
@@ -403,7 +418,7 @@ static int parse_soak(const cJSON *o, tg_chaos_scenario *s, char *err, size_t er
   return 0;
 }
 
-tg_chaos_scenario *tg_chaos_scenario_parse(const char *text, size_t len, char *err, size_t errlen) {
+tg_chaos_scenario *tg_chaos_scenario_parse(const char *text, size_t len, int attach, char *err, size_t errlen) {
   static const char *const fields[] = {"name", "description", "seed", "cluster", "training", "faults",
                                        "soak", "deadline_s", "recovery_timeout_s", NULL};
   tg_chaos_scenario *s = calloc(1, sizeof *s);
@@ -412,6 +427,7 @@ tg_chaos_scenario *tg_chaos_scenario_parse(const char *text, size_t len, char *e
     fail(err, errlen, "out of memory");
     goto err;
   }
+  s->attach = attach;
   if (len > TG_CHAOS_MAX_FILE_BYTES) {
     fail(err, errlen, "larger than %d bytes", TG_CHAOS_MAX_FILE_BYTES);
     goto err;
@@ -433,10 +449,16 @@ tg_chaos_scenario *tg_chaos_scenario_parse(const char *text, size_t len, char *e
     goto err;
   }
   int64_t seed;
-  if (get_int(root, "", "seed", 0, MAX_EXACT_INT, 0, 1, &seed, err, errlen) != 0 ||
-      parse_cluster(cJSON_GetObjectItemCaseSensitive(root, "cluster"), &s->cluster, err, errlen) != 0 ||
-      parse_training(cJSON_GetObjectItemCaseSensitive(root, "training"), &s->training, err, errlen) != 0)
+  if (get_int(root, "", "seed", 0, MAX_EXACT_INT, 0, 1, &seed, err, errlen) != 0)
     goto err;
+  if (attach) {
+    /* The running job's shape and training are what they are: read from
+     * its processes when attaching, not from here. */
+    s->training.steps = TG_CHAOS_ATTACH_MAX_STEP;
+  } else if (parse_cluster(cJSON_GetObjectItemCaseSensitive(root, "cluster"), &s->cluster, err, errlen) != 0 ||
+             parse_training(cJSON_GetObjectItemCaseSensitive(root, "training"), &s->training, err, errlen) != 0) {
+    goto err;
+  }
   s->seed = (uint64_t)seed;
   const cJSON *soak = cJSON_GetObjectItemCaseSensitive(root, "soak");
   if (soak && parse_soak(soak, s, err, errlen) != 0) goto err;
@@ -471,7 +493,7 @@ err:
   return NULL;
 }
 
-tg_chaos_scenario *tg_chaos_scenario_load(const char *path, char *err, size_t errlen) {
+tg_chaos_scenario *tg_chaos_scenario_load(const char *path, int attach, char *err, size_t errlen) {
   FILE *f = fopen(path, "rb");
   if (!f) {
     fail(err, errlen, "%s: %s", path, strerror(errno));
@@ -488,7 +510,7 @@ tg_chaos_scenario *tg_chaos_scenario_load(const char *path, char *err, size_t er
   else if (n > TG_CHAOS_MAX_FILE_BYTES)
     snprintf(why, sizeof why, "larger than %d bytes", TG_CHAOS_MAX_FILE_BYTES);
   else
-    s = tg_chaos_scenario_parse(buf, n, why, sizeof why);
+    s = tg_chaos_scenario_parse(buf, n, attach, why, sizeof why);
   free(buf);
   if (!s) fail(err, errlen, "%s: %s", path, why);
   return s;

@@ -109,9 +109,18 @@ typedef struct {
   char backend[8];  /* "gloo" or "nccl" (the trainers' $TG_COMM_BACKEND) */
 } tg_chaos_training_spec;
 
+/* Attached, steps are the job's: at_step and soak.every_steps may go up to this. */
+#define TG_CHAOS_ATTACH_MAX_STEP 1000000000000LL
+
 typedef struct {
   char name[TG_CHAOS_NAME_MAX];
   char description[512];
+  /* Parsed for `run --attach`: `cluster` and `training` are not read
+   * (the running job's shape is found from its processes), targets name
+   * any node id, and the kinds that need what only tg-chaos's own cluster
+   * has (namespace hosts, the slow-link proxy, the checkpoint tmpfs, its
+   * etcd) are refused. */
+  int attach;
   uint64_t seed;
   tg_chaos_cluster_spec cluster;
   tg_chaos_training_spec training;
@@ -128,11 +137,13 @@ typedef struct {
   size_t n_soak_kinds;
 } tg_chaos_scenario;
 
-/* Parses and validates a scenario. NULL with one line in err on failure. */
-tg_chaos_scenario *tg_chaos_scenario_parse(const char *text, size_t len, char *err, size_t errlen);
+/* Parses and validates a scenario, for a cluster tg-chaos starts
+ * (attach 0) or for a running job (attach 1, see above). NULL with one
+ * line in err on failure. */
+tg_chaos_scenario *tg_chaos_scenario_parse(const char *text, size_t len, int attach, char *err, size_t errlen);
 
 /* The same from a file (at most TG_CHAOS_MAX_FILE_BYTES). */
-tg_chaos_scenario *tg_chaos_scenario_load(const char *path, char *err, size_t errlen);
+tg_chaos_scenario *tg_chaos_scenario_load(const char *path, int attach, char *err, size_t errlen);
 
 void tg_chaos_scenario_free(tg_chaos_scenario *s);
 

@@ -19,7 +19,7 @@
 /* Parses text; expects failure with `needle` in the message (NULL: success). */
 static void expect(const char *text, const char *needle) {
   char err[512] = "";
-  tg_chaos_scenario *s = tg_chaos_scenario_parse(text, strlen(text), err, sizeof err);
+  tg_chaos_scenario *s = tg_chaos_scenario_parse(text, strlen(text), 0, err, sizeof err);
   if (!needle) {
     if (!s) fail_msg("%s: %s", text, err);
   } else {
@@ -39,7 +39,7 @@ static void test_shipped_scenarios_parse(void **state) {
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char path[256], err[512];
     snprintf(path, sizeof path, "chaos/scenarios/%s.json", names[i]);
-    tg_chaos_scenario *s = tg_chaos_scenario_load(path, err, sizeof err);
+    tg_chaos_scenario *s = tg_chaos_scenario_load(path, 0, err, sizeof err);
     if (!s) fail_msg("%s", err);
     tg_chaos_scenario_free(s);
   }
@@ -54,7 +54,7 @@ static void test_good_scenario(void **state) {
                      "{\"at_step\": 40, \"kind\": \"host_return\", \"target\": \"random\"},"
                      "{\"at_step\": 50, \"kind\": \"coordinator_crash\"}]}";
   char err[512];
-  tg_chaos_scenario *s = tg_chaos_scenario_parse(text, strlen(text), err, sizeof err);
+  tg_chaos_scenario *s = tg_chaos_scenario_parse(text, strlen(text), 0, err, sizeof err);
   if (!s) fail_msg("%s", err);
   assert_int_equal(s->n_faults, 5);
   assert_int_equal(s->seed, 9);
@@ -83,7 +83,7 @@ static void test_trainer_number_faults(void **state) {
                      "{\"at_step\": 30, \"kind\": \"straggler\", \"delay_ms\": 50, \"for_steps\": 5},"
                      "{\"at_step\": 60, \"kind\": \"straggler\"}]}";
   char err[512];
-  tg_chaos_scenario *s = tg_chaos_scenario_parse(text, strlen(text), err, sizeof err);
+  tg_chaos_scenario *s = tg_chaos_scenario_parse(text, strlen(text), 0, err, sizeof err);
   if (!s) fail_msg("%s", err);
   assert_int_equal(s->faults[0].kind, TG_CHAOS_SILENT_DATA_CORRUPTION);
   assert_int_equal(tg_chaos_kind_target(s->faults[1].kind), TG_CHAOS_TARGET_TRAINER);
@@ -194,7 +194,7 @@ static void test_network(void **state) {
                    "{\"at_step\": 5, \"kind\": \"network_partition\", \"target\": {\"node\": \"n1\"}},"
                    "{\"at_step\": 9, \"kind\": \"nic_flap\"},"
                    "{\"at_step\": 12, \"kind\": \"nic_errors\", \"target\": {\"node\": \"n3\"}}]}";
-  tg_chaos_scenario *s = tg_chaos_scenario_parse(ns, strlen(ns), err, sizeof err);
+  tg_chaos_scenario *s = tg_chaos_scenario_parse(ns, strlen(ns), 0, err, sizeof err);
   if (!s) fail_msg("%s", err);
   assert_int_equal(s->cluster.namespaces, 1);
   assert_int_equal(s->faults[0].kind, TG_CHAOS_NETWORK_PARTITION);
@@ -204,7 +204,7 @@ static void test_network(void **state) {
   assert_int_equal(s->faults[2].kind, TG_CHAOS_NIC_ERRORS);
   tg_chaos_scenario_free(s);
   const char *local = "{" BASE "}";
-  s = tg_chaos_scenario_parse(local, strlen(local), err, sizeof err);
+  s = tg_chaos_scenario_parse(local, strlen(local), 0, err, sizeof err);
   if (!s) fail_msg("%s", err);
   assert_int_equal(s->cluster.namespaces, 0);
   tg_chaos_scenario_free(s);
@@ -233,7 +233,7 @@ static void test_network(void **state) {
   /* slow_link: works in either mode, with a delay of its own. */
   const char *slow = "{" BASE ", \"faults\": [{\"at_step\": 5, \"kind\": \"slow_link\", \"delay_ms\": 250},"
                      "{\"at_step\": 6, \"kind\": \"hang\"}]}";
-  s = tg_chaos_scenario_parse(slow, strlen(slow), err, sizeof err);
+  s = tg_chaos_scenario_parse(slow, strlen(slow), 0, err, sizeof err);
   if (!s) fail_msg("%s", err);
   assert_int_equal(s->faults[0].kind, TG_CHAOS_SLOW_LINK);
   assert_int_equal(s->faults[0].delay_ms, 250);
@@ -254,6 +254,64 @@ static void test_network(void **state) {
          "soak.kinds[0]: slow_link needs a delay_ms");
 }
 
+/* Scenarios for a running job (run --attach): no cluster or training
+ * block needed (nor read), any node id, the kinds that need tg-chaos's own
+ * cluster refused by name; every shipped scenario but those parses so. */
+static void test_attached(void **state) {
+  (void)state;
+  char err[512];
+  tg_chaos_scenario *s = tg_chaos_scenario_load("chaos/scenarios/attach.json", 1, err, sizeof err);
+  if (!s) fail_msg("%s", err);
+  assert_int_equal(s->attach, 1);
+  assert_true(s->n_faults >= 6);
+  tg_chaos_scenario_free(s);
+  assert_null(tg_chaos_scenario_load("chaos/scenarios/attach.json", 0, err, sizeof err));
+  assert_non_null(strstr(err, "cluster"));
+  const char *text = "{\"name\": \"a\", \"faults\": ["
+                     "{\"at_step\": 5000000, \"kind\": \"trainer_crash\", \"target\": {\"node\": \"gpu-node-17.rack3\", \"slot\": 7}},"
+                     "{\"at_ms\": 0, \"kind\": \"host_loss\", \"target\": {\"node\": \"gpu-node-17.rack3\"}},"
+                     "{\"at_ms\": 0, \"kind\": \"host_return\", \"target\": \"random\"},"
+                     "{\"at_ms\": 0, \"kind\": \"lose_all_copies\"}]}";
+  s = tg_chaos_scenario_parse(text, strlen(text), 1, err, sizeof err);
+  if (!s) fail_msg("%s", err);
+  assert_string_equal(s->faults[0].node, "gpu-node-17.rack3");
+  assert_int_equal(s->faults[0].slot, 7);
+  assert_int_equal(s->faults[0].at_step, 5000000);
+  tg_chaos_scenario_free(s);
+  /* The same file is refused for a cluster tg-chaos starts (no cluster block). */
+  assert_null(tg_chaos_scenario_parse(text, strlen(text), 0, err, sizeof err));
+  static const char *const refused[][2] = {
+      {"network_partition", "namespace hosts"}, {"slow_link", "proxy"},
+      {"disk_full", "checkpoint filesystem"}, {"etcd_member_crash", "etcd members"}};
+  for (size_t i = 0; i < 4; i++) {
+    char bad[256];
+    snprintf(bad, sizeof bad, "{\"name\": \"a\", \"faults\": [{\"at_ms\": 0, \"kind\": \"%s\"%s}]}",
+             refused[i][0], strcmp(refused[i][0], "slow_link") == 0 ? ", \"delay_ms\": 5" : "");
+    assert_null(tg_chaos_scenario_parse(bad, strlen(bad), 1, err, sizeof err));
+    if (!strstr(err, "cannot be injected into a running job (--attach)") || !strstr(err, refused[i][1]))
+      fail_msg("%s: %s", refused[i][0], err);
+  }
+  const char *bad_node = "{\"name\": \"a\", \"faults\": [{\"at_ms\": 0, \"kind\": \"drain\", "
+                         "\"target\": {\"node\": \"a b\"}}]}";
+  assert_null(tg_chaos_scenario_parse(bad_node, strlen(bad_node), 1, err, sizeof err));
+  assert_non_null(strstr(err, "faults[0].target.node: must be a node id"));
+  const char *bad_slot = "{\"name\": \"a\", \"faults\": [{\"at_ms\": 0, \"kind\": \"hang\", "
+                         "\"target\": {\"node\": \"x\", \"slot\": 8}}]}";
+  assert_null(tg_chaos_scenario_parse(bad_slot, strlen(bad_slot), 1, err, sizeof err));
+  assert_non_null(strstr(err, "slot: must be an integer in 0..7"));
+  static const char *const shipped[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
+                                        "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed",
+                                        "device_faults", "nic_warnings", "gpu_warnings", "silent_data_corruption",
+                                        "nan_loss", "straggler"};
+  for (size_t i = 0; i < sizeof shipped / sizeof shipped[0]; i++) {
+    char path[256];
+    snprintf(path, sizeof path, "chaos/scenarios/%s.json", shipped[i]);
+    s = tg_chaos_scenario_load(path, 1, err, sizeof err);
+    if (!s) fail_msg("attached: %s", err);
+    tg_chaos_scenario_free(s);
+  }
+}
+
 static void test_size_bound(void **state) {
   (void)state;
   char err[256];
@@ -261,7 +319,7 @@ static void test_size_bound(void **state) {
   char *big = malloc(len);
   assert_non_null(big);
   memset(big, ' ', len);
-  assert_null(tg_chaos_scenario_parse(big, len, err, sizeof err));
+  assert_null(tg_chaos_scenario_parse(big, len, 0, err, sizeof err));
   assert_non_null(strstr(err, "larger than"));
   free(big);
 }
@@ -273,6 +331,7 @@ int main(void) {
       cmocka_unit_test(test_trainer_number_faults),
       cmocka_unit_test(test_bad_input),
       cmocka_unit_test(test_network),
+      cmocka_unit_test(test_attached),
       cmocka_unit_test(test_size_bound),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

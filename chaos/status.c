@@ -33,6 +33,7 @@ static void take_answer(tg_chaos_poller *p, const Tardigrade__V1__StatusResponse
   s.ok = 1;
   s.answered_unix_ms = tg_clock_unix_ms();
   snprintf(s.leader, sizeof s.leader, "%s", r->leader_id ? r->leader_id : "");
+  snprintf(s.job, sizeof s.job, "%s", r->job_id ? r->job_id : "");
   s.generation = r->world ? r->world->generation : 0;
   s.world_size = r->world ? r->world->world_size : 0;
   s.committed_step = r->committed_step;

@@ -20,6 +20,7 @@ typedef struct {
   int ok;                   /* at least one answer so far */
   int64_t answered_unix_ms; /* when the newest answer arrived */
   char leader[64];          /* the answering leader's id */
+  char job[64];             /* the job it coordinates */
   uint64_t generation;      /* 0: no world yet */
   uint32_t world_size;
   uint64_t committed_step;
