@@ -12,6 +12,7 @@
  * made (not root), unless TG_REQUIRE_NETNS=1; `--root` one that mounts a
  * filesystem (disk_full): skipped when not root, on the same terms. Logs of each run are kept in
  * $TEST_UNDECLARED_OUTPUTS_DIR when Bazel provides it. */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,9 +98,67 @@ static void expect_all_invariants(const cJSON *r) {
   assert_int_equal((int)get(r, "exit_code")->valuedouble, 0);
 }
 
+/* A run directory as a tg-chaos SIGKILLed long ago leaves it (owner: a
+ * pid with a start time no live process has) or as a live one has it
+ * (owner: this test), each with a job whose shared memory segment exists.
+ * Returns the directory in dir. */
+static void plant_run_dir(const char *job, int live, char *dir, size_t len) {
+  struct stat ns;
+  if (stat("/proc/self/ns/pid", &ns) != 0) fail_msg("no /proc/self/ns/pid");
+  unsigned long long start = 1; /* no process started at tick 1 is still here */
+  if (live) {
+    FILE *f = fopen("/proc/self/stat", "r");
+    char buf[1024] = "";
+    if (!f || !fgets(buf, sizeof buf, f)) fail_msg("cannot read /proc/self/stat");
+    fclose(f);
+    char *p = strrchr(buf, ')') + 2;
+    for (int field = 3; field < 22; field++) p = strchr(p, ' ') + 1;
+    start = strtoull(p, NULL, 10);
+  }
+  snprintf(dir, len, "/tmp/tg-chaos-XXXXXX");
+  if (!mkdtemp(dir)) fail_msg("mkdtemp");
+  char path[600], shm[128];
+  snprintf(path, sizeof path, "%s/owner", dir);
+  FILE *f = fopen(path, "w");
+  if (!f) fail_msg("cannot write %s", path);
+  fprintf(f, "%d %llu %llu\njob %s\n", (int)getpid(), start, (unsigned long long)ns.st_ino, job);
+  fclose(f);
+  snprintf(shm, sizeof shm, "/tg-ckpt-%s-n0", job);
+  int fd = shm_open(shm, O_CREAT | O_RDWR, 0600);
+  if (fd < 0) fail_msg("shm_open %s", shm);
+  close(fd);
+}
+
+static int shm_exists(const char *job) {
+  char path[160];
+  snprintf(path, sizeof path, "/dev/shm/tg-ckpt-%s-n0", job);
+  return access(path, F_OK) == 0;
+}
+
+/* Also: what a SIGKILLed tg-chaos left is removed by the next run, and
+ * what a live one has is not. */
 static void test_trainer_crash(void **state) {
   (void)state;
+  char dead_job[64], live_job[64], dead_dir[64], live_dir[64];
+  snprintf(dead_job, sizeof dead_job, "chaos-dead-%d", (int)getpid());
+  snprintf(live_job, sizeof live_job, "chaos-live-%d", (int)getpid());
+  plant_run_dir(dead_job, 0, dead_dir, sizeof dead_dir);
+  plant_run_dir(live_job, 1, live_dir, sizeof live_dir);
   cJSON *r = run_scenario("trainer_crash_small", 0);
+  int dead_dir_left = access(dead_dir, F_OK) == 0, dead_shm_left = shm_exists(dead_job);
+  int live_dir_left = access(live_dir, F_OK) == 0, live_shm_left = shm_exists(live_job);
+  char rm[128];
+  snprintf(rm, sizeof rm, "/tg-ckpt-%s-n0", live_job);
+  shm_unlink(rm);
+  snprintf(rm, sizeof rm, "/tg-ckpt-%s-n0", dead_job);
+  shm_unlink(rm);
+  const char *rm_dirs[] = {"rm", "-rf", dead_dir, live_dir, NULL};
+  int status;
+  tg_proc_run(rm_dirs, NULL, 10000, output, 256, &status);
+  assert_false(dead_dir_left);
+  assert_false(dead_shm_left);
+  assert_true(live_dir_left);
+  assert_true(live_shm_left);
   const cJSON *faults = get(r, "faults");
   assert_int_equal(cJSON_GetArraySize(faults), 1);
   const cJSON *f = cJSON_GetArrayItem(faults, 0);

@@ -275,14 +275,29 @@ static int warning_over(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   return 1;
 }
 
-/* 1 (and not recovered) once the fault's recovery_timeout_s has passed;
- * what the fault broke is mended for the faults after it. */
+/* What a fault that did not recover broke is put back, for the faults
+ * after it and, attached, for the job tg-chaos leaves running: the link,
+ * the warning's fake GPU, the killed coordinator (a standby again). */
+static void mend(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
+  heal(ctx, f, 0);
+  tg_chaos_device_heal(ctx, f);
+  int idx = f->spec.kind == TG_CHAOS_COORDINATOR_CRASH && f->coordinator[0]
+                ? tg_chaos_cluster_coordinator_index(ctx->cluster, f->coordinator)
+                : -1;
+  if (idx < 0 || tg_chaos_cluster_coordinator_running(ctx->cluster, idx)) return;
+  char err[256];
+  if (tg_chaos_cluster_start_coordinator(ctx->cluster, idx, err, sizeof err) == 0)
+    add_note(f, "%s restarted", f->coordinator);
+  else
+    add_note(f, "cannot restart %s: %s", f->coordinator, err);
+}
+
+/* 1 (and not recovered) once the fault's recovery_timeout_s has passed. */
 static int timed_out(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   if (tg_clock_mono_ms() - f->injected_mono_ms <= ctx->s->recovery_timeout_s * 1000) return 0;
   f->state = TG_CHAOS_NOT_RECOVERED;
   add_note(f, "no recovery within %llds", (long long)ctx->s->recovery_timeout_s);
-  heal(ctx, f, 0);
-  tg_chaos_device_heal(ctx, f);
+  mend(ctx, f);
   return 1;
 }
 
@@ -359,10 +374,13 @@ int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f) {
   return timed_out(ctx, f);
 }
 
-void tg_chaos_abandon(tg_chaos_fault *f, const char *why) {
+void tg_chaos_abandon(tg_chaos_ctx *ctx, tg_chaos_fault *f, const char *why) {
   if (f->state != TG_CHAOS_IN_FLIGHT) return;
   f->state = TG_CHAOS_NOT_RECOVERED;
   add_note(f, "%s", why);
+  /* Attached, the job goes on after tg-chaos: leave it whole. (Its own
+   * cluster is torn down anyway.) */
+  if (tg_chaos_cluster_attached(ctx->cluster)) mend(ctx, f);
 }
 
 /* ------------------------------------------------------------ fault log */

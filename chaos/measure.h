@@ -17,8 +17,10 @@
  * or not within the scenario's recovery_timeout_s). */
 int tg_chaos_track(tg_chaos_ctx *ctx, tg_chaos_fault *f);
 
-/* Ends an in-flight fault when the run stops before it recovered. */
-void tg_chaos_abandon(tg_chaos_fault *f, const char *why);
+/* Ends an in-flight fault when the run stops before it recovered;
+ * attached, puts back what it broke that can be (the warning's fake GPU,
+ * a killed coordinator). */
+void tg_chaos_abandon(tg_chaos_ctx *ctx, tg_chaos_fault *f, const char *why);
 
 /* Reads the fault log (tgctl --json faults) and fills in the detection of
  * every injected fault that expects a record and has none yet. */

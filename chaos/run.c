@@ -6,16 +6,20 @@
  * recovered or timed out, so each measurement belongs to one fault. */
 #include "chaos/run.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "chaos/inject.h"
 #include "chaos/measure.h"
+#include "chaos/procs.h"
 #include "common/clock/clock.h"
 #include "common/log/log.h"
 #include "tests/harness/etcd_cluster.h"
@@ -83,6 +87,96 @@ static int run_command(const char *const *argv) {
   int status;
   char out[512];
   return tg_proc_run(argv, NULL, 60000, out, sizeof out, &status) == 0 && status == 0 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------ leftovers */
+
+/* A run killed with SIGKILL cleans nothing up: its directory (and the
+ * checkpoint tmpfs mounted there) and its jobs' shared memory stay. Each
+ * run directory has an "owner" file: the pid, start time (procs.h) and
+ * pid namespace of the tg-chaos that made it, then a "job ID" line per job
+ * it starts. The next run removes the directories whose owner is gone,
+ * with their jobs' shared memory. An owner in another pid namespace (a
+ * run in another Bazel sandbox) cannot be judged and is left alone. */
+#define OWNER_FILE "owner"
+
+static unsigned long long pid_namespace(void) {
+  struct stat st;
+  return stat("/proc/self/ns/pid", &st) == 0 ? (unsigned long long)st.st_ino : 0;
+}
+
+static void owner_line(const char *dir, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void owner_line(const char *dir, const char *fmt, ...) {
+  char path[320];
+  snprintf(path, sizeof path, "%s/" OWNER_FILE, dir);
+  FILE *f = fopen(path, "a");
+  if (!f) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(f, fmt, ap);
+  va_end(ap);
+  fclose(f);
+}
+
+static void write_owner(const char *dir) {
+  tg_chaos_proc self;
+  if (tg_chaos_proc_read(getpid(), &self) != 0) return;
+  owner_line(dir, "%d %llu %llu\n", (int)self.pid, self.start_ticks, pid_namespace());
+  tg_chaos_proc_clear(&self);
+}
+
+/* Unlinks every shared memory segment of job (its nodes' stores and counters). */
+static void unlink_job_shm(const char *job) {
+  char prefixes[2][96];
+  snprintf(prefixes[0], sizeof prefixes[0], "tg-ckpt-%s-", job);
+  snprintf(prefixes[1], sizeof prefixes[1], "tg-progress-%s-", job);
+  DIR *d = opendir("/dev/shm");
+  struct dirent *e;
+  while (d && (e = readdir(d)))
+    for (int i = 0; i < 2; i++)
+      if (strncmp(e->d_name, prefixes[i], strlen(prefixes[i])) == 0) {
+        char name[300];
+        snprintf(name, sizeof name, "/%s", e->d_name);
+        shm_unlink(name);
+      }
+  if (d) closedir(d);
+}
+
+/* If dir's owner is gone: its jobs' shared memory unlinked; 1. */
+static int reap_if_gone(const char *dir) {
+  char path[600], line[160];
+  snprintf(path, sizeof path, "%s/" OWNER_FILE, dir);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0; /* not one of ours, or still being made */
+  tg_chaos_proc owner = {.netns_fd = -1};
+  int pid = 0;
+  unsigned long long ns = 0;
+  int gone = fgets(line, sizeof line, f) && sscanf(line, "%d %llu %llu", &pid, &owner.start_ticks, &ns) == 3 &&
+             pid > 0 && ns == pid_namespace();
+  owner.pid = pid;
+  gone = gone && !tg_chaos_proc_alive(&owner);
+  while (gone && fgets(line, sizeof line, f)) {
+    char job[96];
+    if (sscanf(line, "job %95s", job) == 1) unlink_job_shm(job);
+  }
+  fclose(f);
+  return gone;
+}
+
+static void remove_leftovers(void) {
+  DIR *d = opendir("/tmp");
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    char dir[300], ckpt[320];
+    if (strncmp(e->d_name, "tg-chaos-", 9) != 0) continue;
+    snprintf(dir, sizeof dir, "/tmp/%s", e->d_name);
+    if (!reap_if_gone(dir)) continue;
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt", dir);
+    umount2(ckpt, MNT_DETACH); /* disk_full's tmpfs, if it was mounted */
+    const char *rm[] = {"rm", "-rf", dir, NULL};
+    if (run_command(rm) == 0) TG_INFO("removed %s and its jobs' shared memory, left by a tg-chaos that is gone", dir);
+  }
+  if (d) closedir(d);
 }
 
 /* ------------------------------------------------------------ clusters */
@@ -171,6 +265,7 @@ static int run_reference(run_state *r) {
   }
   char job[64], dir[320];
   snprintf(job, sizeof job, "chaosref-%d-%lld", (int)getpid(), (long long)(tg_clock_unix_ms() % 1000000000));
+  owner_line(r->dir, "job %s\n", job);
   snprintf(dir, sizeof dir, "%s/reference", r->dir);
   snprintf(res->reference_params, sizeof res->reference_params, "%s/reference.params", r->dir);
   tg_chaos_cluster_spec spec = s->cluster;
@@ -486,7 +581,7 @@ static void timeline(run_state *r, tg_chaos_ctx *ctx) {
     inflight = NULL;
   }
   if (inflight) {
-    tg_chaos_abandon(inflight, ended);
+    tg_chaos_abandon(ctx, inflight, ended);
     finished(ctx, res, inflight);
   }
   for (; next < s->n_faults; next++) {
@@ -584,6 +679,7 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
   char err[512];
   int ran = 0;
 
+  remove_leftovers();
   /* Short: agents' unix sockets live below it. */
   snprintf(r.dir, sizeof r.dir, "/tmp/tg-chaos-XXXXXX");
   if (!mkdtemp(r.dir)) {
@@ -591,6 +687,8 @@ int tg_chaos_run(const tg_chaos_run_options *o, tg_chaos_result *res) {
     setup_error(&r, "cannot make a directory under /tmp: %s", strerror(errno));
     goto out;
   }
+  write_owner(r.dir);
+  owner_line(r.dir, "job %s\n", res->job);
   TG_INFO("scenario %s: run directory %s", s->name, r.dir);
   if (s->cluster.namespaces && start_network(&r) != 0) goto out;
   tg_etcd_cluster_opts eo = {.members = s->cluster.etcd_members, .client_host = r.host};
