@@ -27,7 +27,8 @@ void tg_chaos_abandon(tg_chaos_ctx *ctx, tg_chaos_fault *f, const char *why);
 void tg_chaos_match_fault_log(tg_chaos_ctx *ctx, tg_chaos_fault *faults, size_t n);
 
 /* Judges the run: fills res->invariants. `params` and `reference` are the
- * final parameter files (missing: not written). */
+ * final parameter files (missing: not written). Needs ctx's watch, not its
+ * cluster (which may be freed by then). */
 void tg_chaos_check_invariants(tg_chaos_ctx *ctx, tg_chaos_result *res, const char *params, const char *reference);
 
 #endif
