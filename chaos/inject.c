@@ -253,7 +253,8 @@ static int coordinator_crash(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chao
  * only other copy of position 1's shards. */
 static int lose_all_copies(tg_chaos_ctx *ctx, tg_chaos_fault *f, const tg_chaos_status *st) {
   if (st->n_nodes < 3) return skip(f, "the world has %zu nodes; positions 1 and 2 need 3", st->n_nodes);
-  int a = tg_chaos_cluster_node_index(ctx->cluster, st->nodes[1]), b = tg_chaos_cluster_node_index(ctx->cluster, st->nodes[2]);
+  int a = tg_chaos_cluster_node_index(ctx->cluster, st->nodes[1]);
+  int b = tg_chaos_cluster_node_index(ctx->cluster, st->nodes[2]);
   if (!tg_chaos_cluster_agent_running(ctx->cluster, a) || !tg_chaos_cluster_agent_running(ctx->cluster, b))
     return skip(f, "%s or %s is not running", st->nodes[1], st->nodes[2]);
   snprintf(f->node, sizeof f->node, "%s", st->nodes[1]);

@@ -34,7 +34,8 @@ static void test_shipped_scenarios_parse(void **state) {
   const char *names[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
                          "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed", "soak",
                          "device_faults", "etcd_member_crash", "gpu/trainer_crash_gloo", "gpu/trainer_crash_nccl",
-                         "network_partition", "nic_warnings", "slow_link", "disk_full", "gpu_warnings",
+                         "network_partition", "slow_link", "disk_full", "gpu_xid", "gpu_ecc", "gpu_lost",
+                         "nic_down", "gpu_thermal", "gpu_pcie", "gpu_row_remap", "nic_flap", "nic_errors",
                          "silent_data_corruption", "nan_loss", "straggler"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char path[256], err[512];
@@ -301,7 +302,9 @@ static void test_attached(void **state) {
   assert_non_null(strstr(err, "slot: must be an integer in 0..7"));
   static const char *const shipped[] = {"trainer_crash", "trainer_segv", "hang", "host_loss", "host_return", "drain",
                                         "coordinator_crash", "corrupt_replica", "lose_all_copies", "mixed",
-                                        "device_faults", "nic_warnings", "gpu_warnings", "silent_data_corruption",
+                                        "device_faults", "gpu_xid", "gpu_ecc", "gpu_lost", "nic_down",
+                                        "gpu_thermal", "gpu_pcie", "gpu_row_remap", "nic_flap", "nic_errors",
+                                        "silent_data_corruption",
                                         "nan_loss", "straggler"};
   for (size_t i = 0; i < sizeof shipped / sizeof shipped[0]; i++) {
     char path[256];
