@@ -654,15 +654,19 @@ void tg_agent_drain(tg_agent *a) {
 void tg_agent_free(tg_agent *a) {
   if (!a) return;
   if (a->supervisor) tg_supervisor_free(a->supervisor); /* stops the trainers */
-  int stuck = 0;
-  if (a->health) {
-    stuck = tg_health_checker_stop(a->health);
-    tg_health_checker_free(a->health);
-  }
+  /* Threads that report through the session stop first (the health
+   * checker, the monitor, the replicator's worker); then the session's
+   * own thread, whose heartbeats and world updates call into the checker,
+   * the replicator, the detector and the prober; then the prober, which
+   * reports through the session too; only then is anything freed. */
+  int stuck = a->health ? tg_health_checker_stop(a->health) : 0;
   stop_threads(a);
-  tg_replicator_free(a->replicator); /* before the session: it reports disk faults through it */
-  if (a->session) tg_session_free(a->session);
+  tg_replicator_stop(a->replicator);
+  tg_session_stop(a->session);
   if (a->prober) tg_prober_free(a->prober);
+  if (a->session) tg_session_free(a->session);
+  if (a->health) tg_health_checker_free(a->health);
+  tg_replicator_free(a->replicator);
   if (a->local) tg_rpc_server_free(a->local, 1000);
   if (a->peer) tg_rpc_server_free(a->peer, 1000);
   tg_probe_service_free(a->probe_service); /* after its server */

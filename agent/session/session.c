@@ -35,6 +35,7 @@ struct tg_session {
 
   tg_rpc_stream *heartbeat; /* freed only by the session thread */
   tg_rpc_stream *world;
+  int joined; /* tg_session_stop has joined the thread */
 };
 
 
@@ -279,8 +280,8 @@ fail:
   return NULL;
 }
 
-void tg_session_free(tg_session *s) {
-  if (!s) return;
+void tg_session_stop(tg_session *s) {
+  if (!s || s->joined) return;
   /* Wake a blocked receive: cancelling is safe from any thread. */
   pthread_mutex_lock(&s->mu);
   s->stopping = 1;
@@ -288,6 +289,12 @@ void tg_session_free(tg_session *s) {
   if (s->heartbeat) tg_rpc_stream_cancel(s->heartbeat);
   pthread_mutex_unlock(&s->mu);
   pthread_join(s->thread, NULL);
+  s->joined = 1;
+}
+
+void tg_session_free(tg_session *s) {
+  if (!s) return;
+  tg_session_stop(s);
   tg_coord_client_free(s->client);
   protobuf_c_message_free_unpacked(&s->node->base, NULL);
   pthread_mutex_destroy(&s->mu);

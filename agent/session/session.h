@@ -44,7 +44,12 @@ typedef struct {
 /* Starts the session's thread; it registers in the background. */
 tg_session *tg_session_start(const tg_session_config *cfg, char *err, size_t errlen);
 
-/* Stops at once: streams cancelled, no Leave (as a crashed agent would). */
+/* Stops the session's thread at once: streams cancelled, no Leave (as a
+ * crashed agent would). No callback runs after it returns; reporting a
+ * fault still works until tg_session_free. Idempotent; one thread only. */
+void tg_session_stop(tg_session *s);
+
+/* tg_session_stop, then frees. */
 void tg_session_free(tg_session *s);
 
 /* Leaves the job gracefully (the session stays, silent); returns the code. */
