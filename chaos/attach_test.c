@@ -12,7 +12,6 @@
  * coordinator started again by tg-chaos, training still going. Every
  * process of the job, including those tg-chaos restarted (not children
  * of this test), is killed at the end, also when the test fails. */
-#include <dirent.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -29,6 +28,7 @@
 #include <cmocka.h>
 
 #include "agent/health/gpu_fake.h"
+#include "chaos/procs.h"
 #include "chaos/test_report.h"
 #include "agent/health/nic_fake.h"
 #include "common/clock/clock.h"
@@ -54,51 +54,29 @@ typedef struct {
 
 static char output[OUTPUT_BYTES];
 
-/* Whether /proc/PID/cmdline mentions the job id. */
-static int of_job(const char *pid, const char *id) {
-  char path[300], buf[8192];
-  snprintf(path, sizeof path, "/proc/%s/cmdline", pid);
-  FILE *f = fopen(path, "rb");
-  if (!f) return 0;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  for (size_t i = 0; i < n; i += strlen(buf + i) + 1)
-    if (strcmp(buf + i, id) == 0) return 1;
-  return 0;
-}
-
-/* Pids of the job's processes whose executable is `program`; how many. */
+/* Pids of the job's live processes (`--job ID`) running `program`; how many. */
 static int job_processes(const job *j, const char *program, pid_t *out, int max) {
-  DIR *d = opendir("/proc");
-  int n = 0;
-  struct dirent *e;
-  while (d && (e = readdir(d)) && n < max) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9' || !of_job(e->d_name, j->job)) continue;
-    char path[300], exe[1024], stat_path[300], stat[512] = "";
-    snprintf(path, sizeof path, "/proc/%s/exe", e->d_name);
-    ssize_t len = readlink(path, exe, sizeof exe - 1);
-    if (len <= 0) continue;
-    exe[len] = '\0';
-    snprintf(stat_path, sizeof stat_path, "/proc/%s/stat", e->d_name);
-    FILE *f = fopen(stat_path, "r");
-    if (f) {
-      if (!fgets(stat, sizeof stat, f)) stat[0] = '\0';
-      fclose(f);
-    }
-    const char *state = strrchr(stat, ')');
-    const char *base = strrchr(exe, '/');
-    if (state && state[1] == ' ' && state[2] != 'Z' && strcmp(base ? base + 1 : exe, program) == 0)
-      out[n++] = (pid_t)atoi(e->d_name);
+  static pid_t pids[65536];
+  size_t n = tg_chaos_proc_list(pids, sizeof pids / sizeof pids[0]);
+  int found = 0;
+  for (size_t i = 0; i < n && found < max; i++) {
+    tg_chaos_proc p;
+    if (tg_chaos_proc_read(pids[i], &p) != 0) continue; /* gone, or a zombie */
+    char id[64];
+    if (strcmp(tg_chaos_proc_program(&p), program) == 0 && tg_chaos_proc_option(&p, "job", 0, id, sizeof id) &&
+        strcmp(id, j->job) == 0)
+      out[found++] = p.pid;
+    tg_chaos_proc_clear(&p);
   }
-  if (d) closedir(d);
-  return n;
+  return found;
 }
 
 static void kill_job(job *j) {
   for (int round = 0; round < 3; round++) {
     pid_t pids[64];
-    const char *programs[] = {"tg-agent", "tg-coordinator", "tg-train"};
-    for (int p = 0; p < 3; p++) {
+    /* Trainers go with their agent (parent-death signal). */
+    const char *programs[] = {"tg-agent", "tg-coordinator"};
+    for (int p = 0; p < 2; p++) {
       int n = job_processes(j, programs[p], pids, 64);
       for (int i = 0; i < n; i++) kill(pids[i], SIGKILL);
     }

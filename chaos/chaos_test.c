@@ -28,6 +28,7 @@
 #include <cjson/cJSON.h>
 #include <cmocka.h>
 
+#include "chaos/procs.h"
 #include "chaos/test_report.h"
 #include "tests/harness/netns.h"
 #include "tests/harness/proc.h"
@@ -107,13 +108,10 @@ static void plant_run_dir(const char *job, int live, char *dir, size_t len) {
   if (stat("/proc/self/ns/pid", &ns) != 0) fail_msg("no /proc/self/ns/pid");
   unsigned long long start = 1; /* no process started at tick 1 is still here */
   if (live) {
-    FILE *f = fopen("/proc/self/stat", "r");
-    char buf[1024] = "";
-    if (!f || !fgets(buf, sizeof buf, f)) fail_msg("cannot read /proc/self/stat");
-    fclose(f);
-    char *p = strrchr(buf, ')') + 2;
-    for (int field = 3; field < 22; field++) p = strchr(p, ' ') + 1;
-    start = strtoull(p, NULL, 10);
+    tg_chaos_proc self;
+    if (tg_chaos_proc_read(getpid(), &self) != 0) fail_msg("cannot read this process in /proc");
+    start = self.start_ticks;
+    tg_chaos_proc_clear(&self);
   }
   snprintf(dir, len, "/tmp/tg-chaos-XXXXXX");
   if (!mkdtemp(dir)) fail_msg("mkdtemp");

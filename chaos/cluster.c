@@ -15,12 +15,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "agent/agent.h"
 #include "agent/ckpt/store.h"
 #include "agent/health/gpu_fake.h"
 #include "agent/health/nic_fake.h"
-#include "common/clock/clock.h"
 #include "chaos/procs.h"
 #include "chaos/proxy.h"
+#include "coordinator/coordinator.h"
 #include "tests/harness/proc.h"
 
 #define MAX_ARGV 64
@@ -404,12 +405,10 @@ int tg_chaos_cluster_kill_agent(tg_chaos_cluster *c, int node) {
     tg_proc_signal(c->agent[node], SIGKILL);
   for (int s = 0; s < TG_CHAOS_MAX_SLOTS; s++)
     if (trainers[s] > 0) kill(trainers[s], SIGKILL);
-  if (c->attached) {
-    int64_t deadline = tg_clock_mono_ms() + STOP_MS;
-    while (tg_chaos_proc_alive(&c->found_agent[node]) && tg_clock_mono_ms() < deadline) tg_clock_sleep_ms(10);
-  } else {
+  if (c->attached)
+    tg_chaos_proc_wait_gone(&c->found_agent[node], STOP_MS);
+  else
     tg_proc_wait(c->agent[node], STOP_MS, NULL);
-  }
   return 0;
 }
 
@@ -563,21 +562,27 @@ tg_chaos_cluster *tg_chaos_cluster_attach(const tg_chaos_attach_config *cfg, tg_
   c->cfg.training = &c->training;
   snprintf(c->job, sizeof c->job, "%s", cfg->job);
   snprintf(c->coordinators, sizeof c->coordinators, "%s", cfg->coordinators);
+  /* What a flag not given means: the daemons' own defaults. */
+  tg_coord_config coord_dflt;
+  tg_agent_config agent_dflt;
+  tg_coord_config_defaults(&coord_dflt);
+  tg_agent_config_defaults(&agent_dflt);
   size_t n = tg_chaos_proc_list(pids, 65536);
   for (size_t i = 0; i < n; i++) {
     if (pids[i] == getpid()) continue;
     tg_chaos_proc p;
     if (tg_chaos_proc_read(pids[i], &p) != 0) continue;
     const char *prog = tg_chaos_proc_program(&p);
-    char job[TG_CKPT_JOB_ID_MAX] = "default", addr[1024] = "";
-    tg_chaos_proc_option(&p, "job", 0, job, sizeof job);
     int is_coord = strcmp(prog, "tg-coordinator") == 0, is_agent = strcmp(prog, "tg-agent") == 0;
+    char job[TG_CKPT_JOB_ID_MAX], addr[1024];
+    snprintf(job, sizeof job, "%s", is_coord ? coord_dflt.job_id : agent_dflt.job_id);
+    tg_chaos_proc_option(&p, "job", 0, job, sizeof job);
     if ((!is_coord && !is_agent) || strcmp(job, c->job) != 0) {
       tg_chaos_proc_clear(&p);
       continue;
     }
     if (is_coord) {
-      if (!tg_chaos_proc_option(&p, "listen", 0, addr, sizeof addr)) snprintf(addr, sizeof addr, "127.0.0.1:7070");
+      if (!tg_chaos_proc_option(&p, "listen", 0, addr, sizeof addr)) snprintf(addr, sizeof addr, "%s", coord_dflt.listen);
       if (!listed(c->coordinators, addr)) {
         tg_chaos_proc_clear(&p);
         continue;
@@ -591,15 +596,15 @@ tg_chaos_cluster *tg_chaos_cluster_attach(const tg_chaos_attach_config *cfg, tg_
       int k = c->cfg.coordinators++;
       if (!tg_chaos_proc_option(&p, "id", 0, c->coord_ids[k], sizeof c->coord_ids[k]))
         snprintf(c->coord_ids[k], sizeof c->coord_ids[k], "pid-%d", (int)p.pid);
-      shape->min_nodes = (int)int_option(&p, "min-nodes", 0, 1);
-      c->cfg.max_nodes = (int)int_option(&p, "max-nodes", 0, 1);
-      shape->slots = (int)int_option(&p, "slots", 0, 1);
-      shape->heartbeat_timeout_ms = int_option(&p, "heartbeat-timeout-ms", 0, 2000);
+      shape->min_nodes = (int)int_option(&p, "min-nodes", 0, coord_dflt.policy.min_nodes);
+      c->cfg.max_nodes = (int)int_option(&p, "max-nodes", 0, coord_dflt.policy.max_nodes);
+      shape->slots = (int)int_option(&p, "slots", 0, coord_dflt.policy.slots_per_node);
+      shape->heartbeat_timeout_ms = int_option(&p, "heartbeat-timeout-ms", 0, coord_dflt.heartbeat_timeout_ms);
       c->found_coord[k] = p;
       continue;
     }
     if (!tg_chaos_proc_option(&p, "coordinators", 0, addr, sizeof addr))
-      snprintf(addr, sizeof addr, "127.0.0.1:7070");
+      snprintf(addr, sizeof addr, "%s", agent_dflt.coordinators);
     if (!overlap(addr, c->coordinators)) { /* an agent of another job with the same id */
       tg_chaos_proc_clear(&p);
       continue;
@@ -645,12 +650,12 @@ tg_chaos_cluster *tg_chaos_cluster_attach(const tg_chaos_attach_config *cfg, tg_
     tg_chaos_proc_option(&a->proc, "inject-dir", 1, c->inject_dir[i], sizeof c->inject_dir[i]);
     if (i == 0) {
       tg_chaos_proc_option(&a->proc, "ckpt-dir", 0, c->ckpt_dir, sizeof c->ckpt_dir);
-      shape->persist_every = int_option(&a->proc, "persist-every", 0, 50);
-      shape->hang_floor_ms = int_option(&a->proc, "hang-floor-ms", 0, 2000);
-      shape->ckpt_mib = int_option(&a->proc, "ckpt-mib", 0, 256);
+      shape->persist_every = int_option(&a->proc, "persist-every", 0, agent_dflt.persist_every);
+      shape->hang_floor_ms = int_option(&a->proc, "hang-floor-ms", 0, agent_dflt.hang_floor_ms);
+      shape->ckpt_mib = int_option(&a->proc, "ckpt-mib", 0, agent_dflt.ckpt_mib);
       *steps = int_option(&a->proc, "steps", 1, 0);
     }
-    int s = (int)int_option(&a->proc, "slots", 0, 1);
+    int s = (int)int_option(&a->proc, "slots", 0, agent_dflt.slots);
     if (s > slots) slots = s;
     snprintf(c->node_ids[i], sizeof c->node_ids[i], "%s", a->node);
     c->found_agent[i] = a->proc;
@@ -663,10 +668,14 @@ tg_chaos_cluster *tg_chaos_cluster_attach(const tg_chaos_attach_config *cfg, tg_
              TG_CHAOS_MAX_SLOTS);
     goto err;
   }
-  if (!c->cfg.coordinators) shape->min_nodes = 1; /* no coordinator here: the least it could be */
-  if (!c->cfg.coordinators) c->cfg.max_nodes = n_agents;
-  if (!c->cfg.coordinators || shape->slots < slots) shape->slots = slots;
-  if (!c->cfg.coordinators) shape->heartbeat_timeout_ms = 2000;
+  if (!c->cfg.coordinators) { /* none here: what the agents tell */
+    shape->min_nodes = 1; /* the least it could be */
+    c->cfg.max_nodes = n_agents;
+    shape->heartbeat_timeout_ms = coord_dflt.heartbeat_timeout_ms;
+    shape->slots = slots;
+  } else if (shape->slots < slots) {
+    shape->slots = slots;
+  }
   shape->agents = c->cfg.max_nodes < n_agents ? c->cfg.max_nodes : n_agents;
   shape->spares = n_agents - shape->agents;
   if (shape->min_nodes > shape->agents) shape->min_nodes = shape->agents;

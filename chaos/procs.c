@@ -334,12 +334,16 @@ out:
   return rc;
 }
 
-int tg_chaos_proc_kill(const tg_chaos_proc *p, int64_t timeout_ms) {
-  if (!tg_chaos_proc_alive(p) || kill(p->pid, SIGKILL) != 0) return -1;
+int tg_chaos_proc_wait_gone(const tg_chaos_proc *p, int64_t timeout_ms) {
   int64_t deadline = tg_clock_mono_ms() + timeout_ms;
   while (tg_chaos_proc_alive(p)) {
     if (tg_clock_mono_ms() > deadline) return -1;
     tg_clock_sleep_ms(10);
   }
   return 0;
+}
+
+int tg_chaos_proc_kill(const tg_chaos_proc *p, int64_t timeout_ms) {
+  if (!tg_chaos_proc_alive(p) || kill(p->pid, SIGKILL) != 0) return -1;
+  return tg_chaos_proc_wait_gone(p, timeout_ms);
 }

@@ -56,9 +56,13 @@ size_t tg_chaos_proc_list(pid_t *out, size_t max);
  * would have), and points p at the new one. 0, or -1 with a reason. */
 int tg_chaos_proc_respawn(tg_chaos_proc *p, char *err, size_t errlen);
 
-/* SIGKILLs it and waits up to timeout_ms for it to be gone (it is not
- * tg-chaos's child, so "gone" includes a zombie its parent has yet to
- * reap). 0, or -1 if it was not alive or did not go. */
+/* Waits up to timeout_ms for it to be gone (it is not tg-chaos's child,
+ * so "gone" includes a zombie its parent has yet to reap). 0, or -1 if it
+ * is still there. */
+int tg_chaos_proc_wait_gone(const tg_chaos_proc *p, int64_t timeout_ms);
+
+/* SIGKILLs it and waits as above. 0, or -1 if it was not alive or did
+ * not go. */
 int tg_chaos_proc_kill(const tg_chaos_proc *p, int64_t timeout_ms);
 
 #endif

@@ -211,21 +211,20 @@ char *tg_chaos_report_json(const tg_chaos_result *res) {
   cJSON_AddNumberToObject(c, "hang_floor_ms", (double)s->cluster.hang_floor_ms);
   cJSON_AddNumberToObject(c, "ckpt_mib", (double)s->cluster.ckpt_mib);
   add_num_or_null(c, "etcd_members", !res->attach[0], s->cluster.etcd_members);
-  cJSON *t = res->attach[0] ? NULL : cJSON_AddObjectToObject(o, "training");
-  if (!t) {
-    cJSON *a = cJSON_AddObjectToObject(o, "training");
-    add_num_or_null(a, "steps", s->training.steps < TG_CHAOS_ATTACH_MAX_STEP, (double)s->training.steps);
+  cJSON *t = cJSON_AddObjectToObject(o, "training");
+  if (res->attach[0]) { /* the job's own: only its trainers' --steps is known */
+    add_num_or_null(t, "steps", s->training.steps < TG_CHAOS_ATTACH_MAX_STEP, (double)s->training.steps);
   } else {
-  cJSON_AddNumberToObject(t, "steps", (double)s->training.steps);
-  cJSON_AddNumberToObject(t, "width", (double)s->training.width);
-  cJSON_AddNumberToObject(t, "depth", (double)s->training.depth);
-  cJSON_AddNumberToObject(t, "context", (double)s->training.context);
-  cJSON_AddNumberToObject(t, "batch", (double)s->training.batch);
-  cJSON_AddNumberToObject(t, "micro", (double)s->training.micro);
-  cJSON_AddNumberToObject(t, "seed", (double)s->training.seed);
-  add_str_or_null(t, "corpus", s->training.corpus);
-  cJSON_AddStringToObject(t, "device", s->training.device);
-  cJSON_AddStringToObject(t, "backend", s->training.backend);
+    cJSON_AddNumberToObject(t, "steps", (double)s->training.steps);
+    cJSON_AddNumberToObject(t, "width", (double)s->training.width);
+    cJSON_AddNumberToObject(t, "depth", (double)s->training.depth);
+    cJSON_AddNumberToObject(t, "context", (double)s->training.context);
+    cJSON_AddNumberToObject(t, "batch", (double)s->training.batch);
+    cJSON_AddNumberToObject(t, "micro", (double)s->training.micro);
+    cJSON_AddNumberToObject(t, "seed", (double)s->training.seed);
+    add_str_or_null(t, "corpus", s->training.corpus);
+    cJSON_AddStringToObject(t, "device", s->training.device);
+    cJSON_AddStringToObject(t, "backend", s->training.backend);
   }
   cJSON *ref = cJSON_AddObjectToObject(o, "reference");
   cJSON_AddBoolToObject(ref, "ran", res->reference_ran);

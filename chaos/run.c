@@ -363,13 +363,10 @@ static int start_job(run_state *r, tg_chaos_ctx *ctx) {
   return stopping(r) ? -1 : 0;
 }
 
-typedef struct {
-  tg_chaos_poller *poller;
-} answered_arg;
-
+/* A leader answered, naming its job (arg: the poller). */
 static int answered(void *arg) {
   tg_chaos_status st;
-  tg_chaos_poller_get(((answered_arg *)arg)->poller, &st);
+  tg_chaos_poller_get(arg, &st);
   return st.ok && st.job[0];
 }
 
@@ -381,8 +378,7 @@ static int attach_job(run_state *r, tg_chaos_ctx *ctx) {
   char err[512];
   ctx->poller = tg_chaos_poller_start(r->o->attach, STATUS_PERIOD_MS, err, sizeof err);
   if (!ctx->poller) return setup_error(r, "status poller: %s", err);
-  answered_arg aa = {ctx->poller};
-  if (wait_until(r, NULL, answered, &aa, ATTACH_TIMEOUT_MS) != 0)
+  if (wait_until(r, NULL, answered, ctx->poller, ATTACH_TIMEOUT_MS) != 0)
     return stopping(r) ? -1
                        : setup_error(r, "--attach %s: no coordinator answered Status within %d s (are the "
                                      "addresses those of the coordinators' --listen?)", r->o->attach,
